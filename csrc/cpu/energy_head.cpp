@@ -1,0 +1,202 @@
+// Fused energy head: one pass over each row of logits gives -T*logsumexp(l/T), -l[y] and the
+// per-sample CE; the backward is one pass over rows too. Outputs are in the accumulation dtype
+// (float32 for half types), as autocast does for logsumexp and cross-entropy.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../common.h"
+#include "../ops.h"
+
+namespace ebjdat {
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename acc_t>
+acc_t row_max(const acc_t* r, int64_t k) {
+  using V = Vectorized<acc_t>;
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  int64_t i = 0;
+  if (k >= V::size()) {
+    V vm = V::loadu(r);
+    for (i = V::size(); i + V::size() <= k; i += V::size()) vm = at::vec::maximum(vm, V::loadu(r + i));
+    m = at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return at::vec::maximum(a, b); }, vm);
+  }
+  for (; i < k; ++i) m = (r[i] > m || r[i] != r[i]) ? r[i] : m;
+  return m;
+}
+
+// log(sum(exp(scale * r))) with the max shift torch.logsumexp uses (an infinite max is not
+// subtracted, so +inf rows give +inf and all -inf rows give -inf).
+template <typename acc_t>
+acc_t row_lse(const acc_t* r, int64_t k, acc_t scale, acc_t max_r) {
+  using V = Vectorized<acc_t>;
+  acc_t m = scale * max_r;
+  if (std::isinf(m)) m = 0;
+  const V vs(scale), vm(m);
+  acc_t sum = 0;
+  int64_t i = 0;
+  if (k >= V::size()) {
+    V acc(0);
+    for (; i + V::size() <= k; i += V::size()) acc = acc + (V::loadu(r + i) * vs - vm).exp();
+    sum = at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return a + b; }, acc);
+  }
+  for (; i < k; ++i) sum += std::exp(scale * r[i] - m);
+  return std::log(sum) + m;
+}
+
+// Copies row b of `logits` into buf in acc_t when needed; returns a pointer to acc_t values.
+template <typename scalar_t, typename acc_t>
+const acc_t* load_row(const scalar_t* p, int64_t k, std::vector<acc_t>& buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return p;
+  } else {
+    buf.resize(k);
+    for (int64_t i = 0; i < k; ++i) buf[i] = static_cast<acc_t>(p[i]);
+    return buf.data();
+  }
+}
+
+at::Tensor labels_checked(const OptTensor& y, int64_t batch, int64_t classes,
+                          const at::Tensor& logits) {
+  if (!y) return at::Tensor();
+  TORCH_CHECK_TYPE(!at::isFloatingType(y->scalar_type()) && !at::isComplexType(y->scalar_type()),
+                   "ebjdat: y must be an integer tensor of labels, got ", y->scalar_type());
+  TORCH_CHECK_VALUE(y->dim() == 1 && y->size(0) == batch, "ebjdat: y must have shape [", batch,
+                    "], got ", y->sizes());
+  TORCH_CHECK_VALUE(y->device() == logits.device(), "ebjdat: y is on ", y->device(),
+                    " but logits is on ", logits.device());
+  at::Tensor yl = y->to(at::kLong).contiguous();
+  const int64_t* yp = yl.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK_VALUE(yp[b] >= 0 && yp[b] < classes, "ebjdat: label y[", b, "] = ", yp[b],
+                      " is out of range [0, ", classes, ")");
+  }
+  return yl;
+}
+
+void check_logits(const at::Tensor& logits, double temperature) {
+  check_float(logits, "logits");
+  TORCH_CHECK_VALUE(logits.dim() == 2, "ebjdat: logits must be 2-D [B, K], got shape ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(temperature > 0, "ebjdat: temperature must be > 0, got ", temperature);
+}
+
+}  // namespace
+
+EnergyOut energy_head_cpu(const at::Tensor& logits_in, const OptTensor& y, double temperature) {
+  check_logits(logits_in, temperature);
+  const at::Tensor logits = logits_in.contiguous();
+  const int64_t batch = logits.size(0), classes = logits.size(1);
+  const at::Tensor yl = labels_checked(y, batch, classes, logits);
+  const auto acc_type = at::toOpMathType(logits.scalar_type());
+  at::Tensor energy = at::empty({batch}, logits.options().dtype(acc_type));
+  at::Tensor cond = at::empty({yl.defined() ? batch : 0}, energy.options());
+  at::Tensor ce = at::empty({yl.defined() ? batch : 0}, energy.options());
+  if (batch == 0) return {energy, cond, ce};
+  TORCH_CHECK_VALUE(classes > 0, "ebjdat: logits must have at least one class");
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "energy_head_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t t = static_cast<acc_t>(temperature);
+    const bool unit_t = temperature == 1.0;
+    const scalar_t* lp = logits.const_data_ptr<scalar_t>();
+    const int64_t* yp = yl.defined() ? yl.const_data_ptr<int64_t>() : nullptr;
+    acc_t* ep = energy.mutable_data_ptr<acc_t>();
+    acc_t* cp = yp ? cond.mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* xp = yp ? ce.mutable_data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / classes), [&](int64_t b0, int64_t b1) {
+      std::vector<acc_t> buf;
+      for (int64_t b = b0; b < b1; ++b) {
+        const acc_t* r = load_row<scalar_t, acc_t>(lp + b * classes, classes, buf);
+        const acc_t m = row_max(r, classes);
+        const acc_t lse1 = row_lse(r, classes, acc_t(1), m);
+        ep[b] = unit_t ? -lse1 : -t * row_lse(r, classes, acc_t(1) / t, m);
+        if (yp) {
+          const acc_t ly = r[yp[b]];
+          cp[b] = -ly;
+          xp[b] = lse1 - ly;
+        }
+      }
+    });
+  });
+  return {energy, cond, ce};
+}
+
+at::Tensor energy_head_backward_cpu(const at::Tensor& logits_in, const OptTensor& y,
+                                   const at::Tensor& energy_in, const at::Tensor& ce_in,
+                                   const OptTensor& grad_energy, const OptTensor& grad_cond,
+                                   const OptTensor& grad_ce, double temperature) {
+  check_logits(logits_in, temperature);
+  const at::Tensor logits = logits_in.contiguous();
+  const int64_t batch = logits.size(0), classes = logits.size(1);
+  const at::Tensor yl = labels_checked(y, batch, classes, logits);
+  TORCH_CHECK_VALUE(yl.defined() || (!grad_cond && !grad_ce),
+                    "ebjdat: grad_cond and grad_ce need labels y");
+  const auto acc_type = at::toOpMathType(logits.scalar_type());
+  auto acc_vec = [&](const OptTensor& t) {
+    return t ? t->to(acc_type).contiguous() : at::Tensor();
+  };
+  const at::Tensor ge = acc_vec(grad_energy), gc = acc_vec(grad_cond), gx = acc_vec(grad_ce);
+  const at::Tensor energy = energy_in.to(acc_type).contiguous();
+  const at::Tensor ce = grad_ce ? ce_in.to(acc_type).contiguous() : at::Tensor();
+  at::Tensor grad = at::empty(logits.sizes(), logits.options());
+  if (grad.numel() == 0) return grad;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "energy_head_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t t = static_cast<acc_t>(temperature);
+    const scalar_t* lp = logits.const_data_ptr<scalar_t>();
+    const int64_t* yp = yl.defined() ? yl.const_data_ptr<int64_t>() : nullptr;
+    const acc_t* gep = ge.defined() ? ge.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* gcp = gc.defined() ? gc.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* gxp = gx.defined() ? gx.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* ep = energy.const_data_ptr<acc_t>();
+    const acc_t* cep = ce.defined() ? ce.const_data_ptr<acc_t>() : nullptr;
+    scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / classes), [&](int64_t b0, int64_t b1) {
+      using V = Vectorized<acc_t>;
+      std::vector<acc_t> in_buf, out_buf(std::is_same_v<scalar_t, acc_t> ? 0 : classes);
+      for (int64_t b = b0; b < b1; ++b) {
+        const acc_t* r = load_row<scalar_t, acc_t>(lp + b * classes, classes, in_buf);
+        acc_t* o = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(gp + b * classes)
+                                                   : out_buf.data();
+        // d energy / dl = -softmax(l / T), with logsumexp(l / T) = -energy / T.
+        const acc_t se = gep ? gep[b] : acc_t(0);
+        const acc_t lse_t = -ep[b] / t;
+        // d ce / dl = softmax(l) - onehot(y), with logsumexp(l) = ce + l[y].
+        const acc_t sx = gxp ? gxp[b] : acc_t(0);
+        const acc_t lse1 = gxp ? cep[b] + r[yp[b]] : acc_t(0);
+        const acc_t inv_t = acc_t(1) / t;
+        int64_t k = 0;
+        for (; k + V::size() <= classes; k += V::size()) {
+          const V l = V::loadu(r + k);
+          V v(0);
+          if (gep) v = v - V(se) * (l * V(inv_t) - V(lse_t)).exp();
+          if (gxp) v = v + V(sx) * (l - V(lse1)).exp();
+          v.store(o + k);
+        }
+        for (; k < classes; ++k) {
+          acc_t v = 0;
+          if (gep) v -= se * std::exp(r[k] * inv_t - lse_t);
+          if (gxp) v += sx * std::exp(r[k] - lse1);
+          o[k] = v;
+        }
+        if (yp) o[yp[b]] += (gcp ? -gcp[b] : acc_t(0)) - sx;
+        if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+          for (int64_t j = 0; j < classes; ++j) gp[b * classes + j] = static_cast<scalar_t>(o[j]);
+        }
+      }
+    });
+  });
+  return grad;
+}
+
+}  // namespace ebjdat

@@ -1,0 +1,38 @@
+"""Output-layout rules shared by the fake kernels, the reference and the Triton launchers; they
+mirror csrc/common.h so that every backend returns the same strides."""
+
+from __future__ import annotations
+
+import torch
+from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+
+
+def in_layout_of(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`t` with the strides of `out` (a copy only when they differ)."""
+    if t.stride() == out.stride() and is_non_overlapping_and_dense(t):
+        return t
+    return torch.empty_like(out).copy_(t)
+
+
+def batch_major_like(x: torch.Tensor) -> torch.Tensor:
+    """empty_like(x), made contiguous if its samples would not be contiguous blocks."""
+    out = torch.empty_like(x)
+    n = x.shape[0]
+    if n > 1 and out.numel() > 0 and out.stride(0) != out.numel() // n:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out
+
+
+def flat(t: torch.Tensor) -> torch.Tensor:
+    """The memory-order 1-D view of a dense tensor (its storage from its first element)."""
+    return t.as_strided((t.numel(),), (1,))
+
+
+def unflat(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Lays a memory-order vector out with the shape and strides of the dense tensor `like`."""
+    return v.as_strided(like.shape, like.stride())
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype: float64 stays float64, everything else computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -1,0 +1,149 @@
+"""energy_head: one fused pass over the rows of logits [B, K] giving, per sample,
+
+    energy      = -T * logsumexp(logits / T)     (JEM's E(x) at temperature T)
+    cond_energy = -logits[y]                     (E(x, y))
+    ce          = logsumexp(logits) - logits[y]  (cross-entropy)
+
+differentiable in logits with a fused one-pass backward. Outputs are float32 for half inputs
+(float64 for float64), as autocast computes logsumexp and cross-entropy. Infinite and NaN logits
+follow torch.logsumexp.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import _checks
+from ._layout import acc_dtype
+from ._library import define, implementation
+
+SCHEMA = "(Tensor logits, Tensor? y, float temperature) -> (Tensor, Tensor, Tensor)"
+BACKWARD_SCHEMA = (
+    "(Tensor logits, Tensor? y, Tensor energy, Tensor ce, Tensor? grad_energy, "
+    "Tensor? grad_cond, Tensor? grad_ce, float temperature) -> Tensor"
+)
+
+
+class EnergyOut(NamedTuple):
+    energy: torch.Tensor
+    cond_energy: torch.Tensor | None
+    ce: torch.Tensor | None
+
+
+def reference(
+    logits: torch.Tensor, y: torch.Tensor | None, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The definition in PyTorch ops; autograd through it is the reference backward."""
+    lv = logits.to(acc_dtype(logits.dtype))
+    energy = -temperature * torch.logsumexp(lv / temperature, dim=1)
+    if y is None:
+        empty = lv.new_empty(0)
+        return energy, empty, empty
+    ly = lv.gather(1, y.long()[:, None]).squeeze(1)
+    return energy, -ly, torch.logsumexp(lv, dim=1) - ly
+
+
+def _outputs_like(logits: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    acc = acc_dtype(logits.dtype)
+    rows = logits.shape[0]
+    energy = logits.new_empty((rows,), dtype=acc)
+    labelled = rows if y is not None else 0
+    return energy, logits.new_empty((labelled,), dtype=acc), logits.new_empty((labelled,), dtype=acc)
+
+
+def _fake(logits: torch.Tensor, y: torch.Tensor | None, temperature: float) -> tuple:
+    return _outputs_like(logits, y)
+
+
+def _fake_backward(logits: torch.Tensor, *args: object) -> torch.Tensor:
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _triton_checks(logits: torch.Tensor) -> torch.Tensor:
+    if logits.dtype == torch.float64:
+        raise TypeError("logits: the triton backend computes in float32; float64 needs cpu/cuda/reference")
+    return logits.contiguous()
+
+
+def _triton(logits: torch.Tensor, y: torch.Tensor | None, temperature: float) -> tuple:
+    from ebjdat.kernels import energy_head as kernel
+
+    logits = _triton_checks(logits)
+    outs = _outputs_like(logits, y)
+    kernel.forward(logits, None if y is None else y.long().contiguous(), temperature, *outs)
+    return outs
+
+
+def _triton_backward(
+    logits: torch.Tensor, y: torch.Tensor | None, energy: torch.Tensor, ce: torch.Tensor,
+    grad_energy: torch.Tensor | None, grad_cond: torch.Tensor | None,
+    grad_ce: torch.Tensor | None, temperature: float,
+) -> torch.Tensor:
+    from ebjdat.kernels import energy_head as kernel
+
+    logits = _triton_checks(logits)
+    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+    def vec(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.float().contiguous()
+
+    kernel.backward(
+        logits, None if y is None else y.long().contiguous(), vec(energy), vec(ce),
+        vec(grad_energy), vec(grad_cond), vec(grad_ce), temperature, out,
+    )
+    return out
+
+
+NATIVE, TRITON = define(
+    "energy_head", SCHEMA, fake=_fake, triton_impl=_triton, reference=reference
+)
+NATIVE_BACKWARD, TRITON_BACKWARD = define(
+    "energy_head_backward", BACKWARD_SCHEMA, fake=_fake_backward,
+    triton_impl=_triton_backward, reference=None, public=False,
+)
+
+
+def _setup_context(ctx: object, inputs: tuple, output: tuple) -> None:
+    logits, y, temperature = inputs
+    energy, _, ce = output
+    ctx.save_for_backward(logits, y, energy, ce)
+    ctx.temperature = temperature
+
+
+def _make_backward(backward_op: object):
+    def backward(ctx: object, g_energy, g_cond, g_ce):  # noqa: ANN001, ANN202
+        logits, y, energy, ce = ctx.saved_tensors
+        # Unused outputs arrive as None or zeros; label terms are empty without y.
+        if y is None:
+            g_cond = g_ce = None
+        grad = backward_op(logits, y, energy, ce, g_energy, g_cond, g_ce, ctx.temperature)
+        return grad, None, None
+
+    return backward
+
+
+torch.library.register_autograd(
+    "ebjdat::energy_head", _make_backward(NATIVE_BACKWARD), setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "ebjdat::energy_head_triton", _make_backward(TRITON_BACKWARD), setup_context=_setup_context
+)
+
+
+def energy_head(
+    logits: torch.Tensor, y: torch.Tensor | None = None, *, temperature: float = 1.0
+) -> EnergyOut:
+    """EnergyOut(energy, cond_energy, ce) for logits [B, K]; the last two are None when y is None."""
+    _checks.tensor("logits", logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D [B, K], got shape {tuple(logits.shape)}")
+    if logits.shape[1] == 0 and logits.shape[0] > 0:
+        raise ValueError("logits must have at least one class (K >= 1)")
+    y = _checks.labels(y, logits)
+    temperature = _checks.number("temperature", temperature, strict=True)
+    energy, cond, ce = implementation("energy_head", logits.device)(logits, y, temperature)
+    if y is None:
+        return EnergyOut(energy, None, None)
+    return EnergyOut(energy, cond, ce)
