@@ -79,7 +79,9 @@ def extension_kwargs() -> dict:
         reasons.append("no CUDA toolkit (set CUDA_HOME to a root with bin/nvcc)")
     use_cuda = not reasons if want_cuda is None else want_cuda
     if want_cuda and reasons:
-        raise SystemExit("EBJDAT_BUILD_CUDA=1 but the CUDA build is impossible: " + "; ".join(reasons))
+        raise SystemExit(
+            "EBJDAT_BUILD_CUDA=1 but the CUDA build is impossible: " + "; ".join(reasons)
+        )
     if use_cuda:
         os.environ["CUDA_HOME"] = cuda_home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -104,8 +106,9 @@ def extension_kwargs() -> dict:
         # The toolkit root lacks cuBLAS/cuRAND headers that ATen/cuda includes; the pip wheels
         # beside torch carry them.
         site = Path(torch.__file__).resolve().parent.parent
-        include_dirs += sorted(glob.glob(str(site / "nvidia" / "cu*" / "include")))
-        include_dirs += sorted(glob.glob(str(site / "nvidia" / "*" / "include")))
+        # (CUDA 13 wheels: nvidia/cu13/include; CUDA 12 ones: nvidia/<library>/include.)
+        wheel_includes = glob.glob(str(site / "nvidia" / "cu*" / "include"))
+        include_dirs += sorted(wheel_includes or glob.glob(str(site / "nvidia" / "*" / "include")))
         kwargs["extra_compile_args"] = {
             "cxx": cxx + ["-DEBJDAT_WITH_CUDA"],
             "nvcc": ["-O3", "-DEBJDAT_WITH_CUDA", "--expt-relaxed-constexpr"],
@@ -147,7 +150,9 @@ def extension_kwargs() -> dict:
                         extra_compile_args={"cxx": cxx},
                     )
                 ]
-                write_build_info(kind="cpu", cpu_isa="avx2" if avx2 else "generic", cuda_arch_list="")
+                write_build_info(
+                    kind="cpu", cpu_isa="avx2" if avx2 else "generic", cuda_arch_list=""
+                )
                 try:
                     log("retrying without CUDA")
                     super().run()

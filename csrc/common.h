@@ -59,6 +59,14 @@ inline T clamp_nan(T v, bool lo_on, T lo, bool hi_on, T hi) {
   return v;
 }
 
+// The CPU kernels' Philox seed: one draw from the generator, the same call as the Python side's
+// torch.randint(0, 2**62, (), generator=g) (ebjdat/ops/_philox.py), so every backend agrees.
+inline uint64_t cpu_seed(const std::optional<at::Generator>& generator) {
+  return static_cast<uint64_t>(
+      at::randint(0, int64_t(1) << 62, {}, generator, at::TensorOptions().dtype(at::kLong))
+          .item<int64_t>());
+}
+
 // Counters a call consumes: ceil(n / 4) Philox blocks, plus `extra` whole blocks.
 inline uint64_t philox_blocks(int64_t n, int64_t extra = 0) {
   return static_cast<uint64_t>((n + 3) / 4 + extra);
@@ -78,6 +86,39 @@ inline at::Tensor batch_major_like(const at::Tensor& x) {
     out = at::empty(x.sizes(), x.options());
   }
   return out;
+}
+
+}  // namespace ebjdat
+
+namespace ebjdat {
+
+// Shared host-side checks of the energy head (CPU and CUDA).
+inline void check_logits(const at::Tensor& logits, double temperature) {
+  check_float(logits, "logits");
+  TORCH_CHECK_VALUE(logits.dim() == 2, "ebjdat: logits must be 2-D [B, K], got shape ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(temperature > 0, "ebjdat: temperature must be > 0, got ", temperature);
+}
+
+// Labels as contiguous int64 (undefined without y), after type, shape and device checks. The
+// range [0, K) is checked by the caller: on CPU in a loop, on CUDA by a device assert.
+inline at::Tensor labels_long(const std::optional<at::Tensor>& y, const at::Tensor& logits) {
+  if (!y) return at::Tensor();
+  TORCH_CHECK_TYPE(!at::isFloatingType(y->scalar_type()) && !at::isComplexType(y->scalar_type()),
+                   "ebjdat: y must be an integer tensor of labels, got ", y->scalar_type());
+  TORCH_CHECK_VALUE(y->dim() == 1 && y->size(0) == logits.size(0), "ebjdat: y must have shape [",
+                    logits.size(0), "], got ", y->sizes());
+  TORCH_CHECK_VALUE(y->device() == logits.device(), "ebjdat: y is on ", y->device(),
+                    " but logits is on ", logits.device());
+  return y->to(at::kLong).contiguous();
+}
+
+// A per-row input of the backward must hold one value per row, on logits' device.
+inline void check_per_row(const at::Tensor& t, const char* name, const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(t.numel() == logits.size(0), "ebjdat: ", name, " must have ", logits.size(0),
+                    " elements, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == logits.device(), "ebjdat: ", name, " is on ", t.device(),
+                    " but logits is on ", logits.device());
 }
 
 }  // namespace ebjdat

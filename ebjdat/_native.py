@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import warnings
 from functools import lru_cache
@@ -43,8 +44,11 @@ def _cpu_mismatch() -> str | None:
 
 @lru_cache(maxsize=1)
 def load() -> tuple[ModuleType | None, str]:
-    """(module, "") when loaded, else (None, reason). Imported after the schemas are defined."""
+    """(module, "") when loaded, else (None, reason). Imported after the schemas are defined.
+    EBJDAT_NO_NATIVE=1 skips it, to run (and test) the install-without-extension path."""
     reason = _cpu_mismatch()
+    if os.environ.get("EBJDAT_NO_NATIVE") == "1":
+        reason = "EBJDAT_NO_NATIVE=1 is set"
     if reason is None:
         try:
             return importlib.import_module("ebjdat._C"), ""

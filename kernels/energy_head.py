@@ -14,8 +14,20 @@ _MAX_TILE = 16384 if INTERPRET else 4096
 
 @triton.jit
 def _fwd_kernel(
-    l_ptr, y_ptr, e_ptr, c_ptr, ce_ptr, B, K, stride_b, t, inv_t,
-    HAS_Y: tl.constexpr, UNIT_T: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    l_ptr,
+    y_ptr,
+    e_ptr,
+    c_ptr,
+    ce_ptr,
+    B,
+    K,
+    stride_b,
+    t,
+    inv_t,
+    HAS_Y: tl.constexpr,
+    UNIT_T: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
@@ -46,16 +58,33 @@ def _fwd_kernel(
     tl.store(e_ptr + rows, energy, mask=rmask)
     if HAS_Y:
         yv = tl.load(y_ptr + rows, mask=rmask, other=0)
-        ly = tl.load(l_ptr + rows.to(tl.int64) * stride_b + yv, mask=rmask, other=0.0).to(tl.float32)
+        ly = tl.load(l_ptr + rows.to(tl.int64) * stride_b + yv, mask=rmask, other=0.0).to(
+            tl.float32
+        )
         tl.store(c_ptr + rows, -ly, mask=rmask)
         tl.store(ce_ptr + rows, lse1 - ly, mask=rmask)
 
 
 @triton.jit
 def _bwd_kernel(
-    l_ptr, y_ptr, e_ptr, ce_ptr, ge_ptr, gc_ptr, gx_ptr, out_ptr, B, K, stride_b, inv_t,
-    HAS_Y: tl.constexpr, HAS_GE: tl.constexpr, HAS_GC: tl.constexpr, HAS_GX: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    l_ptr,
+    y_ptr,
+    e_ptr,
+    ce_ptr,
+    ge_ptr,
+    gc_ptr,
+    gx_ptr,
+    out_ptr,
+    B,
+    K,
+    stride_b,
+    inv_t,
+    HAS_Y: tl.constexpr,
+    HAS_GE: tl.constexpr,
+    HAS_GC: tl.constexpr,
+    HAS_GX: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
@@ -94,8 +123,12 @@ def _tiles(batch: int, classes: int) -> tuple[int, int, int]:
 
 
 def forward(
-    logits: torch.Tensor, y: torch.Tensor | None, temperature: float, energy: torch.Tensor,
-    cond: torch.Tensor, ce: torch.Tensor,
+    logits: torch.Tensor,
+    y: torch.Tensor | None,
+    temperature: float,
+    energy: torch.Tensor,
+    cond: torch.Tensor,
+    ce: torch.Tensor,
 ) -> None:
     """logits is row-major [B, K]; outputs are float32 [B] (cond/ce empty without y)."""
     batch, classes = logits.shape
@@ -103,16 +136,33 @@ def forward(
         return
     block_b, block_k, grid = _tiles(batch, classes)
     _fwd_kernel[(grid,)](
-        logits, y if y is not None else energy, energy, cond, ce, batch, classes,
-        logits.stride(0), float(temperature), 1.0 / float(temperature),
-        HAS_Y=y is not None, UNIT_T=float(temperature) == 1.0, BLOCK_B=block_b, BLOCK_K=block_k,
+        logits,
+        y if y is not None else energy,
+        energy,
+        cond,
+        ce,
+        batch,
+        classes,
+        logits.stride(0),
+        float(temperature),
+        1.0 / float(temperature),
+        HAS_Y=y is not None,
+        UNIT_T=float(temperature) == 1.0,
+        BLOCK_B=block_b,
+        BLOCK_K=block_k,
     )
 
 
 def backward(
-    logits: torch.Tensor, y: torch.Tensor | None, energy: torch.Tensor, ce: torch.Tensor,
-    grad_energy: torch.Tensor | None, grad_cond: torch.Tensor | None,
-    grad_ce: torch.Tensor | None, temperature: float, out: torch.Tensor,
+    logits: torch.Tensor,
+    y: torch.Tensor | None,
+    energy: torch.Tensor,
+    ce: torch.Tensor,
+    grad_energy: torch.Tensor | None,
+    grad_cond: torch.Tensor | None,
+    grad_ce: torch.Tensor | None,
+    temperature: float,
+    out: torch.Tensor,
 ) -> None:
     batch, classes = logits.shape
     if out.numel() == 0:
@@ -120,11 +170,22 @@ def backward(
     block_b, block_k, grid = _tiles(batch, classes)
     dummy = energy
     _bwd_kernel[(grid,)](
-        logits, y if y is not None else dummy, energy, ce if grad_ce is not None else dummy,
+        logits,
+        y if y is not None else dummy,
+        energy,
+        ce if grad_ce is not None else dummy,
         grad_energy if grad_energy is not None else dummy,
         grad_cond if grad_cond is not None else dummy,
-        grad_ce if grad_ce is not None else dummy, out, batch, classes, logits.stride(0),
-        1.0 / float(temperature), HAS_Y=y is not None, HAS_GE=grad_energy is not None,
-        HAS_GC=grad_cond is not None, HAS_GX=grad_ce is not None, BLOCK_B=block_b,
+        grad_ce if grad_ce is not None else dummy,
+        out,
+        batch,
+        classes,
+        logits.stride(0),
+        1.0 / float(temperature),
+        HAS_Y=y is not None,
+        HAS_GE=grad_energy is not None,
+        HAS_GC=grad_cond is not None,
+        HAS_GX=grad_ce is not None,
+        BLOCK_B=block_b,
         BLOCK_K=block_k,
     )

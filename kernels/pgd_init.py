@@ -80,6 +80,4 @@ def launch(
     batch = out.shape[0]
     d = n // batch
     block = max(16, min(ROW_BLOCK, triton.next_power_of_2(d)))
-    _l2_kernel[(batch,)](
-        x, out, d, float(eps), lo, hi, seed, offset, (n + 3) // 4, BLOCK=block
-    )
+    _l2_kernel[(batch,)](x, out, d, float(eps), lo, hi, seed, offset, (n + 3) // 4, BLOCK=block)

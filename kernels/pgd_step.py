@@ -12,7 +12,16 @@ from ._common import INF, ROW_BLOCK, bound, flat_block
 
 @triton.jit
 def _linf_kernel(
-    a_ptr, g_ptr, o_ptr, out_ptr, numel, step, eps, lo, hi, PROJECT: tl.constexpr,
+    a_ptr,
+    g_ptr,
+    o_ptr,
+    out_ptr,
+    numel,
+    step,
+    eps,
+    lo,
+    hi,
+    PROJECT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -33,7 +42,16 @@ def _linf_kernel(
 
 @triton.jit
 def _l2_kernel(
-    a_ptr, g_ptr, o_ptr, out_ptr, d, step, eps, lo, hi, PROJECT: tl.constexpr,
+    a_ptr,
+    g_ptr,
+    o_ptr,
+    out_ptr,
+    d,
+    step,
+    eps,
+    lo,
+    hi,
+    PROJECT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     start = tl.program_id(0).to(tl.int64) * d
@@ -96,6 +114,4 @@ def launch(
     batch = out.shape[0]
     d = n // batch
     block = max(16, min(ROW_BLOCK, triton.next_power_of_2(d)))
-    _l2_kernel[(batch,)](
-        x_adv, grad, x_orig, out, d, *args, PROJECT=eps is not None, BLOCK=block
-    )
+    _l2_kernel[(batch,)](x_adv, grad, x_orig, out, d, *args, PROJECT=eps is not None, BLOCK=block)

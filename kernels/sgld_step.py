@@ -11,7 +11,18 @@ from ._common import INF, bound, flat_block
 
 @triton.jit
 def _sgld_kernel(
-    x_ptr, g_ptr, noise_ptr, out_ptr, numel, step, clip, sd, lo, hi, seed, offset,
+    x_ptr,
+    g_ptr,
+    noise_ptr,
+    out_ptr,
+    numel,
+    step,
+    clip,
+    sd,
+    lo,
+    hi,
+    seed,
+    offset,
     NOISE_MODE: tl.constexpr,  # 0: none, 1: explicit tensor, 2: Philox
     BLOCK: tl.constexpr,
 ):
@@ -54,7 +65,18 @@ def launch(
     mode = 1 if noise is not None else (2 if noise_std != 0.0 else 0)
     block = flat_block(n)
     _sgld_kernel[(triton.cdiv(n, block),)](
-        x, grad, noise if noise is not None else x, out, n, float(step_size),
-        bound(grad_clip, INF), float(noise_std), bound(clamp_min, -INF), bound(clamp_max, INF),
-        seed, offset, NOISE_MODE=mode, BLOCK=block,
+        x,
+        grad,
+        noise if noise is not None else x,
+        out,
+        n,
+        float(step_size),
+        bound(grad_clip, INF),
+        float(noise_std),
+        bound(clamp_min, -INF),
+        bound(clamp_max, INF),
+        seed,
+        offset,
+        NOISE_MODE=mode,
+        BLOCK=block,
     )

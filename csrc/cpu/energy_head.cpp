@@ -64,29 +64,16 @@ const acc_t* load_row(const scalar_t* p, int64_t k, std::vector<acc_t>& buf) {
   }
 }
 
-at::Tensor labels_checked(const OptTensor& y, int64_t batch, int64_t classes,
-                          const at::Tensor& logits) {
-  if (!y) return at::Tensor();
-  TORCH_CHECK_TYPE(!at::isFloatingType(y->scalar_type()) && !at::isComplexType(y->scalar_type()),
-                   "ebjdat: y must be an integer tensor of labels, got ", y->scalar_type());
-  TORCH_CHECK_VALUE(y->dim() == 1 && y->size(0) == batch, "ebjdat: y must have shape [", batch,
-                    "], got ", y->sizes());
-  TORCH_CHECK_VALUE(y->device() == logits.device(), "ebjdat: y is on ", y->device(),
-                    " but logits is on ", logits.device());
-  at::Tensor yl = y->to(at::kLong).contiguous();
+at::Tensor labels_checked(const OptTensor& y, const at::Tensor& logits) {
+  at::Tensor yl = labels_long(y, logits);
+  if (!yl.defined()) return yl;
+  const int64_t classes = logits.size(1);
   const int64_t* yp = yl.const_data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
+  for (int64_t b = 0; b < yl.numel(); ++b) {
     TORCH_CHECK_VALUE(yp[b] >= 0 && yp[b] < classes, "ebjdat: label y[", b, "] = ", yp[b],
                       " is out of range [0, ", classes, ")");
   }
   return yl;
-}
-
-void check_logits(const at::Tensor& logits, double temperature) {
-  check_float(logits, "logits");
-  TORCH_CHECK_VALUE(logits.dim() == 2, "ebjdat: logits must be 2-D [B, K], got shape ",
-                    logits.sizes());
-  TORCH_CHECK_VALUE(temperature > 0, "ebjdat: temperature must be > 0, got ", temperature);
 }
 
 }  // namespace
@@ -95,7 +82,7 @@ EnergyOut energy_head_cpu(const at::Tensor& logits_in, const OptTensor& y, doubl
   check_logits(logits_in, temperature);
   const at::Tensor logits = logits_in.contiguous();
   const int64_t batch = logits.size(0), classes = logits.size(1);
-  const at::Tensor yl = labels_checked(y, batch, classes, logits);
+  const at::Tensor yl = labels_checked(y, logits);
   const auto acc_type = at::toOpMathType(logits.scalar_type());
   at::Tensor energy = at::empty({batch}, logits.options().dtype(acc_type));
   at::Tensor cond = at::empty({yl.defined() ? batch : 0}, energy.options());
@@ -137,16 +124,20 @@ at::Tensor energy_head_backward_cpu(const at::Tensor& logits_in, const OptTensor
   check_logits(logits_in, temperature);
   const at::Tensor logits = logits_in.contiguous();
   const int64_t batch = logits.size(0), classes = logits.size(1);
-  const at::Tensor yl = labels_checked(y, batch, classes, logits);
+  const at::Tensor yl = labels_checked(y, logits);
   TORCH_CHECK_VALUE(yl.defined() || (!grad_cond && !grad_ce),
                     "ebjdat: grad_cond and grad_ce need labels y");
   const auto acc_type = at::toOpMathType(logits.scalar_type());
-  auto acc_vec = [&](const OptTensor& t) {
-    return t ? t->to(acc_type).contiguous() : at::Tensor();
+  auto acc_vec = [&](const OptTensor& t, const char* name) {
+    if (!t) return at::Tensor();
+    check_per_row(*t, name, logits);
+    return t->to(acc_type).contiguous();
   };
-  const at::Tensor ge = acc_vec(grad_energy), gc = acc_vec(grad_cond), gx = acc_vec(grad_ce);
-  const at::Tensor energy = energy_in.to(acc_type).contiguous();
-  const at::Tensor ce = grad_ce ? ce_in.to(acc_type).contiguous() : at::Tensor();
+  const at::Tensor ge = acc_vec(grad_energy, "grad_energy");
+  const at::Tensor gc = acc_vec(grad_cond, "grad_cond");
+  const at::Tensor gx = acc_vec(grad_ce, "grad_ce");
+  const at::Tensor energy = acc_vec(energy_in, "energy");
+  const at::Tensor ce = grad_ce ? acc_vec(ce_in, "ce") : at::Tensor();
   at::Tensor grad = at::empty(logits.sizes(), logits.options());
   if (grad.numel() == 0) return grad;
 

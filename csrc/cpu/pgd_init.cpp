@@ -29,7 +29,7 @@ at::Tensor pgd_init_cpu(const at::Tensor& x_in, double eps, std::string norm_s,
   const int64_t batch = out.size(0);
   const int64_t d = n / batch;
   const uint64_t seed =
-      static_cast<uint64_t>(at::empty({}, at::kLong).random_(generator).item<int64_t>());
+      cpu_seed(generator);
   constexpr int64_t kChunk = philox::kChunk;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_init_cpu", [&] {

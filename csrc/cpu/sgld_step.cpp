@@ -36,7 +36,7 @@ void sgld_into(const at::Tensor& out, const at::Tensor& x_in, const at::Tensor& 
   const int64_t n = out.numel();
   const bool draw = !noise_in && noise_std != 0.0 && n > 0;
   uint64_t seed = 0;
-  if (draw) seed = static_cast<uint64_t>(at::empty({}, at::kLong).random_(generator).item<int64_t>());
+  if (draw) seed = cpu_seed(generator);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sgld_step_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -13,9 +13,7 @@ def tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}"
-        )
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
     return t
 
 

@@ -4,7 +4,9 @@ mirror csrc/common.h so that every backend returns the same strides."""
 from __future__ import annotations
 
 import torch
-from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+from torch._prims_common import (
+    is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense,
+)
 
 
 def in_layout_of(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -21,11 +23,6 @@ def batch_major_like(x: torch.Tensor) -> torch.Tensor:
     if n > 1 and out.numel() > 0 and out.stride(0) != out.numel() // n:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     return out
-
-
-def flat(t: torch.Tensor) -> torch.Tensor:
-    """The memory-order 1-D view of a dense tensor (its storage from its first element)."""
-    return t.as_strided((t.numel(),), (1,))
 
 
 def unflat(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,10 @@ def triton_status(device_type: str) -> tuple[bool, str]:
         return True, ""
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         return True, "interpreter"
-    return False, f"Triton runs on {device_type} tensors only under TRITON_INTERPRET=1 (set before start)"
+    return (
+        False,
+        f"Triton runs on {device_type} tensors only under TRITON_INTERPRET=1 (set before start)",
+    )
 
 
 def _available(op: str, device_type: str, name: str) -> tuple[bool, str]:
@@ -106,7 +109,11 @@ def backend(op: str, device: torch.device | str) -> str:
             raise RuntimeError(f"EBJDAT_BACKEND={requested} cannot run {op}: {reason}")
         choice = requested
     else:
-        order = (device_type, "triton", "reference") if device_type == "cuda" else (device_type, "reference")
+        order = (
+            (device_type, "triton", "reference")
+            if device_type == "cuda"
+            else (device_type, "reference")
+        )
         choice = next(name for name in order if _available(op, device_type, name)[0])
     _choice[key] = choice
     return choice

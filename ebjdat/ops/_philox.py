@@ -25,13 +25,17 @@ def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ((hi_part >> 16) + (total_low >> 32)) & M32, total_low & M32
 
 
-def philox4x32_10(seed: int, counters: torch.Tensor) -> list[torch.Tensor]:
+def philox4x32_10(seed: int | torch.Tensor, counters: torch.Tensor) -> list[torch.Tensor]:
     """The four 32-bit words (as int64) of Philox4x32-10 at 64-bit `counters` under `seed`."""
-    c0 = counters & M32
-    c1 = (counters >> 32) & M32
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
-    k0, k1 = seed & M32, (seed >> 32) & M32
+    zeros = torch.zeros_like(counters)
+    words = [counters & M32, (counters >> 32) & M32, zeros, zeros]
+    return philox_rounds(words, (seed & M32, (seed >> 32) & M32))
+
+
+def philox_rounds(words: list[torch.Tensor], key: tuple) -> list[torch.Tensor]:
+    """Ten Philox4x32 rounds on a full 4-word counter (the Random123 definition)."""
+    c0, c1, c2, c3 = words
+    k0, k1 = key
     for _ in range(10):
         hi_b, lo_b = _mulhilo(c2, ROUND_B)
         hi_a, lo_a = _mulhilo(c0, ROUND_A)
@@ -47,18 +51,20 @@ def _to_uniform(w: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32) * UNIFORM_SCALE
 
 
-def _blocks(seed: int, offset: int, n: int, device: torch.device) -> list[torch.Tensor]:
+def _blocks(
+    seed: int | torch.Tensor, offset: int, n: int, device: torch.device
+) -> list[torch.Tensor]:
     counters = torch.arange((n + 3) // 4, dtype=torch.int64, device=device) + offset
     return philox4x32_10(seed, counters)
 
 
-def uniforms(seed: int, offset: int, n: int, device: torch.device) -> torch.Tensor:
+def uniforms(seed: int | torch.Tensor, offset: int, n: int, device: torch.device) -> torch.Tensor:
     """n float32 uniforms in [0, 1), element order."""
     u = [_to_uniform(w) for w in _blocks(seed, offset, n, device)]
     return torch.stack(u, dim=1).reshape(-1)[:n]
 
 
-def normals(seed: int, offset: int, n: int, device: torch.device) -> torch.Tensor:
+def normals(seed: int | torch.Tensor, offset: int, n: int, device: torch.device) -> torch.Tensor:
     """n float32 standard normals, element order (Box-Muller on lanes (0, 1) and (2, 3))."""
     u1, u2, u3, u4 = (_to_uniform(w) for w in _blocks(seed, offset, n, device))
     out = []
@@ -74,14 +80,17 @@ def blocks_for(n: int, extra: int = 0) -> int:
     return (n + 3) // 4 + extra
 
 
+SEED_HIGH = 2**62  # seeds are drawn uniformly from [0, 2^62)
+
+
 def seed_offset(
     generator: torch.Generator | None, device: torch.device, blocks: int
 ) -> tuple[int, int]:
     """(seed, first counter) for one call, drawn as the native kernels draw them.
 
-    CPU: a fresh 64-bit seed from the generator (the C++ kernel makes the same `random_` call),
-    counters from 0. CUDA: the generator's Philox seed and offset, advanced by the counters used
-    (rounded up to 4, as PyTorch's philox_cuda_state requires).
+    CPU: a fresh seed from the generator (the C++ kernel makes the same `randint` call), counters
+    from 0. CUDA: the generator's Philox seed, counters from offset / 4, the offset advanced by 4
+    per counter: PyTorch counts it in 32-bit outputs, as the CUDA kernels' philox_cuda_state does.
     """
     if device.type == "cuda":
         gen = generator
@@ -89,7 +98,12 @@ def seed_offset(
             index = device.index if device.index is not None else torch.cuda.current_device()
             gen = torch.cuda.default_generators[index]
         offset = gen.get_offset()
-        gen.set_offset(offset + (blocks + 3) // 4 * 4)
-        return gen.initial_seed(), offset
-    seed = torch.empty((), dtype=torch.int64).random_(generator=generator)
-    return int(seed), 0
+        gen.set_offset(offset + 4 * blocks)
+        return gen.initial_seed(), offset // 4
+    return int(reference_seed(generator, device)), 0
+
+
+def reference_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """The seed as a 0-d tensor, so the reference traces under torch.compile. On CPU it is the
+    CPU kernel's seed; on CUDA it comes from the CUDA generator, counters from 0."""
+    return torch.randint(0, SEED_HIGH, (), generator=generator, device=device)

@@ -50,7 +50,11 @@ def _outputs_like(logits: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.T
     rows = logits.shape[0]
     energy = logits.new_empty((rows,), dtype=acc)
     labelled = rows if y is not None else 0
-    return energy, logits.new_empty((labelled,), dtype=acc), logits.new_empty((labelled,), dtype=acc)
+    return (
+        energy,
+        logits.new_empty((labelled,), dtype=acc),
+        logits.new_empty((labelled,), dtype=acc),
+    )
 
 
 def _fake(logits: torch.Tensor, y: torch.Tensor | None, temperature: float) -> tuple:
@@ -63,7 +67,9 @@ def _fake_backward(logits: torch.Tensor, *args: object) -> torch.Tensor:
 
 def _triton_checks(logits: torch.Tensor) -> torch.Tensor:
     if logits.dtype == torch.float64:
-        raise TypeError("logits: the triton backend computes in float32; float64 needs cpu/cuda/reference")
+        raise TypeError(
+            "logits: the triton backend computes in float32; float64 needs cpu/cuda/reference"
+        )
     return logits.contiguous()
 
 
@@ -77,9 +83,14 @@ def _triton(logits: torch.Tensor, y: torch.Tensor | None, temperature: float) ->
 
 
 def _triton_backward(
-    logits: torch.Tensor, y: torch.Tensor | None, energy: torch.Tensor, ce: torch.Tensor,
-    grad_energy: torch.Tensor | None, grad_cond: torch.Tensor | None,
-    grad_ce: torch.Tensor | None, temperature: float,
+    logits: torch.Tensor,
+    y: torch.Tensor | None,
+    energy: torch.Tensor,
+    ce: torch.Tensor,
+    grad_energy: torch.Tensor | None,
+    grad_cond: torch.Tensor | None,
+    grad_ce: torch.Tensor | None,
+    temperature: float,
 ) -> torch.Tensor:
     from ebjdat.kernels import energy_head as kernel
 
@@ -90,18 +101,27 @@ def _triton_backward(
         return None if t is None else t.float().contiguous()
 
     kernel.backward(
-        logits, None if y is None else y.long().contiguous(), vec(energy), vec(ce),
-        vec(grad_energy), vec(grad_cond), vec(grad_ce), temperature, out,
+        logits,
+        None if y is None else y.long().contiguous(),
+        vec(energy),
+        vec(ce),
+        vec(grad_energy),
+        vec(grad_cond),
+        vec(grad_ce),
+        temperature,
+        out,
     )
     return out
 
 
-NATIVE, TRITON = define(
-    "energy_head", SCHEMA, fake=_fake, triton_impl=_triton, reference=reference
-)
+NATIVE, TRITON = define("energy_head", SCHEMA, fake=_fake, triton_impl=_triton, reference=reference)
 NATIVE_BACKWARD, TRITON_BACKWARD = define(
-    "energy_head_backward", BACKWARD_SCHEMA, fake=_fake_backward,
-    triton_impl=_triton_backward, reference=None, public=False,
+    "energy_head_backward",
+    BACKWARD_SCHEMA,
+    fake=_fake_backward,
+    triton_impl=_triton_backward,
+    reference=None,
+    public=False,
 )
 
 
@@ -135,7 +155,7 @@ torch.library.register_autograd(
 def energy_head(
     logits: torch.Tensor, y: torch.Tensor | None = None, *, temperature: float = 1.0
 ) -> EnergyOut:
-    """EnergyOut(energy, cond_energy, ce) for logits [B, K]; the last two are None when y is None."""
+    """EnergyOut(energy, cond_energy, ce) for logits [B, K]; the last two are None without y."""
     _checks.tensor("logits", logits)
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D [B, K], got shape {tuple(logits.shape)}")

@@ -37,7 +37,7 @@ def reference(
         return out
     acc = acc_dtype(x.dtype)
     xv = in_layout_of(x, out).to(acc)
-    seed, offset = _seed(x, norm, generator)
+    seed, offset = _philox.reference_seed(generator, x.device), 0
     if norm == "linf":
         u = unflat(_philox.uniforms(seed, offset, n, x.device), out).to(acc)
         v = xv + eps * (2.0 * u - 1.0)
@@ -55,13 +55,19 @@ def reference(
 
 
 def _triton(
-    x: torch.Tensor, eps: float, norm: str, clamp_min: float | None, clamp_max: float | None,
+    x: torch.Tensor,
+    eps: float,
+    norm: str,
+    clamp_min: float | None,
+    clamp_max: float | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     from ebjdat.kernels import pgd_init as kernel
 
     if x.dtype == torch.float64:
-        raise TypeError("x: the triton backend computes in float32; float64 needs cpu/cuda/reference")
+        raise TypeError(
+            "x: the triton backend computes in float32; float64 needs cpu/cuda/reference"
+        )
     _checks.batched("x", x)
     out = batch_major_like(x)
     if out.numel():
@@ -89,7 +95,11 @@ def pgd_init(
     _checks.batched("x", _checks.tensor("x", x))
     lo, hi = _checks.clamp_pair(clamp)
     args = (
-        x, _checks.number("eps", eps), _checks.norm(norm), lo, hi,
+        x,
+        _checks.number("eps", eps),
+        _checks.norm(norm),
+        lo,
+        hi,
         _checks.generator(generator, x.device),
     )
     return implementation("pgd_init", x.device)(*args)

@@ -55,18 +55,33 @@ def reference(
 
 
 def _triton(
-    x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, step_size: float,
-    eps: float | None, norm: str, clamp_min: float | None, clamp_max: float | None,
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    step_size: float,
+    eps: float | None,
+    norm: str,
+    clamp_min: float | None,
+    clamp_max: float | None,
 ) -> torch.Tensor:
     from ebjdat.kernels import pgd_step as kernel
 
     if x_adv.dtype == torch.float64:
-        raise TypeError("x_adv: the triton backend computes in float32; float64 needs cpu/cuda/reference")
+        raise TypeError(
+            "x_adv: the triton backend computes in float32; float64 needs cpu/cuda/reference"
+        )
     _checks.batched("x_adv", x_adv)
     out = batch_major_like(x_adv)
     kernel.launch(
-        in_layout_of(x_adv, out), in_layout_of(grad, out), in_layout_of(x_orig, out), out,
-        step_size, eps, _checks.norm(norm), clamp_min, clamp_max,
+        in_layout_of(x_adv, out),
+        in_layout_of(grad, out),
+        in_layout_of(x_orig, out),
+        out,
+        step_size,
+        eps,
+        _checks.norm(norm),
+        clamp_min,
+        clamp_max,
     )
     return out
 
@@ -94,7 +109,13 @@ def pgd_step(
     _checks.like("x_orig", x_orig, "x_adv", x_adv)
     lo, hi = _checks.clamp_pair(clamp)
     args = (
-        x_adv, grad, x_orig, _checks.number("step_size", step_size),
-        _checks.optional_number("eps", eps), _checks.norm(norm), lo, hi,
+        x_adv,
+        grad,
+        x_orig,
+        _checks.number("step_size", step_size),
+        _checks.optional_number("eps", eps),
+        _checks.norm(norm),
+        lo,
+        hi,
     )
     return implementation("pgd_step", x_adv.device)(*args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks, _philox
-from ._layout import acc_dtype, flat, in_layout_of, unflat
+from ._layout import acc_dtype, in_layout_of, unflat
 from ._library import define, implementation
 
 _ARGS = (
@@ -43,8 +43,8 @@ def reference(
         v = v + noise_std * in_layout_of(noise, out).to(acc)
     elif noise_std != 0.0 and out.numel() > 0:
         n = out.numel()
-        seed, offset = _philox.seed_offset(generator, x.device, _philox.blocks_for(n))
-        v = v + noise_std * unflat(_philox.normals(seed, offset, n, x.device), out).to(acc)
+        seed = _philox.reference_seed(generator, x.device)
+        v = v + noise_std * unflat(_philox.normals(seed, 0, n, x.device), out).to(acc)
     if clamp_min is not None or clamp_max is not None:
         v = torch.clamp(v, clamp_min, clamp_max)
     return out.copy_(v)
@@ -55,21 +55,39 @@ def _reference_inplace(x: torch.Tensor, *args: object) -> None:
 
 
 def _triton_into(
-    out: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, step_size: float,
-    grad_clip: float | None, noise_std: float, clamp_min: float | None,
-    clamp_max: float | None, noise: torch.Tensor | None, generator: torch.Generator | None,
+    out: torch.Tensor,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    step_size: float,
+    grad_clip: float | None,
+    noise_std: float,
+    clamp_min: float | None,
+    clamp_max: float | None,
+    noise: torch.Tensor | None,
+    generator: torch.Generator | None,
 ) -> None:
     from ebjdat.kernels import sgld_step as kernel
 
     if x.dtype == torch.float64:
-        raise TypeError("x: the triton backend computes in float32; float64 needs cpu/cuda/reference")
+        raise TypeError(
+            "x: the triton backend computes in float32; float64 needs cpu/cuda/reference"
+        )
     n = out.numel()
     seed = offset = 0
     if noise is None and noise_std != 0.0 and n > 0:
         seed, offset = _philox.seed_offset(generator, x.device, _philox.blocks_for(n))
     kernel.launch(
-        in_layout_of(x, out), in_layout_of(grad, out), out, step_size, grad_clip, noise_std,
-        clamp_min, clamp_max, None if noise is None else in_layout_of(noise, out), seed, offset,
+        in_layout_of(x, out),
+        in_layout_of(grad, out),
+        out,
+        step_size,
+        grad_clip,
+        noise_std,
+        clamp_min,
+        clamp_max,
+        None if noise is None else in_layout_of(noise, out),
+        seed,
+        offset,
     )
 
 
@@ -97,15 +115,24 @@ def _fake_inplace(x: torch.Tensor, *args: object) -> None:
 
 define("sgld_step", SCHEMA, fake=_fake, triton_impl=_triton, reference=reference, seeded=True)
 define(
-    "sgld_step_", SCHEMA_INPLACE, fake=_fake_inplace, triton_impl=_triton_inplace,
-    reference=_reference_inplace, seeded=True,
+    "sgld_step_",
+    SCHEMA_INPLACE,
+    fake=_fake_inplace,
+    triton_impl=_triton_inplace,
+    reference=_reference_inplace,
+    seeded=True,
 )
 
 
 def _arguments(
-    x: torch.Tensor, grad: torch.Tensor, step_size: float, grad_clip: float | None,
-    noise_std: float, clamp: tuple[float | None, float | None] | None,
-    noise: torch.Tensor | None, generator: torch.Generator | None,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    step_size: float,
+    grad_clip: float | None,
+    noise_std: float,
+    clamp: tuple[float | None, float | None] | None,
+    noise: torch.Tensor | None,
+    generator: torch.Generator | None,
 ) -> tuple:
     _checks.tensor("x", x)
     _checks.like("grad", grad, "x", x)
@@ -113,9 +140,15 @@ def _arguments(
         _checks.like("noise", noise, "x", x)
     lo, hi = _checks.clamp_pair(clamp)
     return (
-        x, grad, _checks.number("step_size", step_size),
-        _checks.optional_number("grad_clip", grad_clip), _checks.number("noise_std", noise_std),
-        lo, hi, noise, _checks.generator(generator, x.device),
+        x,
+        grad,
+        _checks.number("step_size", step_size),
+        _checks.optional_number("grad_clip", grad_clip),
+        _checks.number("noise_std", noise_std),
+        lo,
+        hi,
+        noise,
+        _checks.generator(generator, x.device),
     )
 
 

@@ -1,0 +1,219 @@
+// PGD step + eps-ball projection + clamp on CUDA, one launch.
+// L-inf: flat grid-stride over groups of four, one pass (read x_adv, grad, x_orig; write out).
+// L2: one block per sample with three sweeps, as the CPU kernel: ||g||^2, then ||delta||^2, then
+// the write. When the sample fits in shared memory (kCache), sweep 1 stages it there, so global
+// memory is read once and written once; otherwise sweeps 2 and 3 re-read it from global memory
+// (through L2 when the resident samples fit): up to 7 reads + 1 write per element.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <cmath>
+#include <limits>
+
+#include "../common.h"
+#include "../ops.h"
+#include "cuda_common.cuh"
+
+namespace ebjdat {
+namespace {
+
+using namespace ebjdat::cuda;
+
+template <typename scalar_t>
+__global__ void pgd_step_linf_kernel(const scalar_t* xa, const scalar_t* g, const scalar_t* xo,
+                                     scalar_t* out, int64_t n, bool vec, bool project,
+                                     at::opmath_type<scalar_t> step, at::opmath_type<scalar_t> e,
+                                     at::opmath_type<scalar_t> lo, at::opmath_type<scalar_t> hi) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t groups = (n + 3) / 4;
+  EBJDAT_GROUP_LOOP(c, groups) {
+    acc_t av[4], gv[4], ov[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)}, v[4];
+    load4(xa, c, 0, n, vec, av);
+    load4(g, c, 0, n, vec, gv);
+    if (project) load4(xo, c, 0, n, vec, ov);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const acc_t sgn = gv[j] > 0 ? acc_t(1) : (gv[j] < 0 ? acc_t(-1) : gv[j]);  // NaN stays NaN
+      acc_t r = av[j] + step * sgn;
+      if (project) {
+        const acc_t o = ov[j];
+        r = clamp_nan_d(r, o - e, o + e);
+        r = o != o ? o : r;
+      }
+      v[j] = clamp_nan_d(r, lo, hi);
+    }
+    store4(out, c, 0, n, vec, v);
+  }
+}
+
+// Shared-memory stage for one sample: per tensor, the groups [c0, c1) at offset 4 * (c - c0), so
+// full groups stay 16-byte aligned and move as vectors.
+template <typename scalar_t>
+struct Stage {
+  scalar_t* p;
+  int64_t c0, lo, hi;  // lo/hi: the sample's range in stage coordinates
+  __device__ void put(int64_t c, const at::opmath_type<scalar_t> (&v)[4]) const {
+    store4(p, c - c0, lo, hi, true, v);
+  }
+  __device__ void get(int64_t c, at::opmath_type<scalar_t> (&v)[4]) const {
+    load4(p, c - c0, lo, hi, true, v);
+  }
+};
+
+template <typename scalar_t, bool kCache>
+__global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const scalar_t* xo,
+                                   scalar_t* out, int64_t d, bool vec, bool project,
+                                   at::opmath_type<scalar_t> step, at::opmath_type<scalar_t> e,
+                                   at::opmath_type<scalar_t> lo, at::opmath_type<scalar_t> hi) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t red[32];
+  extern __shared__ __align__(32) unsigned char stage_mem[];
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * d, end = start + d;
+  const int64_t c0 = start / 4, c1 = (end + 3) / 4;
+  const int64_t span = 4 * (c1 - c0);
+  scalar_t* sp = reinterpret_cast<scalar_t*>(stage_mem);
+  const Stage<scalar_t> sg{sp, c0, start - 4 * c0, end - 4 * c0};
+  const Stage<scalar_t> sa{sp + span, c0, sg.lo, sg.hi};
+  const Stage<scalar_t> so{sp + 2 * span, c0, sg.lo, sg.hi};
+
+  // Sweep 1: ||g||^2 (and, cached, stage the sample).
+  acc_t gss = 0;
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    acc_t gv[4];
+    load4(g, c, start, end, vec, gv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) gss += gv[j] * gv[j];
+    if constexpr (kCache) {
+      acc_t av[4];
+      sg.put(c, gv);
+      load4(xa, c, start, end, vec, av);
+      sa.put(c, av);
+      if (project) {
+        acc_t ov[4];
+        load4(xo, c, start, end, vec, ov);
+        so.put(c, ov);
+      }
+    }
+  }
+  gss = block_allreduce(gss, SumOp(), red);  // its barriers also publish the stage
+  const acc_t gscale = step / max_std(sqrt_d(gss), acc_t(1e-12));
+
+  auto load = [&](int64_t c, acc_t(&av)[4], acc_t(&gv)[4], acc_t(&ov)[4]) {
+    if constexpr (kCache) {
+      sa.get(c, av);
+      sg.get(c, gv);
+      if (project) so.get(c, ov);
+    } else {
+      load4(xa, c, start, end, vec, av);
+      load4(g, c, start, end, vec, gv);
+      if (project) load4(xo, c, start, end, vec, ov);
+    }
+  };
+
+  // Sweep 2: ||delta||^2 with delta = x_adv + gscale * g - x_orig.
+  acc_t factor = 1;
+  if (project) {
+    acc_t dss = 0;
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+      acc_t av[4], gv[4], ov[4];
+      load(c, av, gv, ov);  // project: ov is loaded
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const acc_t dv = av[j] + gscale * gv[j] - ov[j];
+        if (lane_on(c, j, start, end)) dss += dv * dv;
+      }
+    }
+    dss = block_allreduce(dss, SumOp(), red);
+    const acc_t dn = sqrt_d(dss);
+    factor = dn > e ? e / dn : (dn != dn ? dn : acc_t(1));
+  }
+
+  // Sweep 3: step, project, clamp, write.
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    acc_t av[4], gv[4], ov[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)}, v[4];
+    load(c, av, gv, ov);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      acc_t r = av[j] + gscale * gv[j];
+      if (project) r = ov[j] + (r - ov[j]) * factor;
+      v[j] = clamp_nan_d(r, lo, hi);
+    }
+    store4(out, c, start, end, vec, v);
+  }
+}
+
+// Dynamic shared memory for staging one sample, or 0 when staging would cost occupancy: it must
+// leave room for two blocks per SM so one block's loads overlap another's compute.
+size_t stage_bytes(int64_t d, size_t elem, bool project) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t span = 4 * ((d + 3) / 4 + 1);
+  const size_t bytes = static_cast<size_t>(span) * elem * (project ? 3 : 2);
+  const size_t reserve = 2048;  // static reduction buffer + per-block system use
+  const size_t per_sm = prop->sharedMemPerMultiprocessor / 2;
+  const size_t limit = std::min<size_t>(prop->sharedMemPerBlockOptin, per_sm);
+  return bytes + reserve <= limit ? bytes : 0;
+}
+
+}  // namespace
+
+at::Tensor pgd_step_cuda(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
+                         const at::Tensor& x_orig_in, double step_size, std::optional<double> eps,
+                         std::string norm_s, std::optional<double> clamp_min,
+                         std::optional<double> clamp_max) {
+  check_float(x_adv_in, "x_adv");
+  check_like(grad_in, "grad", x_adv_in, "x_adv");
+  check_like(x_orig_in, "x_orig", x_adv_in, "x_adv");
+  const Norm norm = parse_norm(norm_s);
+  TORCH_CHECK_VALUE(step_size >= 0, "ebjdat: step_size must be >= 0, got ", step_size);
+  TORCH_CHECK_VALUE(!eps || *eps >= 0, "ebjdat: eps must be >= 0, got ", eps.value_or(0));
+  const Bounds b = make_bounds(clamp_min, clamp_max);
+  at::Tensor out = batch_major_like(x_adv_in);
+  const at::Tensor xa = in_layout_of(x_adv_in, out);
+  const at::Tensor g = in_layout_of(grad_in, out);
+  const at::Tensor xo = in_layout_of(x_orig_in, out);
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  const int64_t batch = out.size(0);
+  const int64_t d = n / batch;
+  const c10::cuda::CUDAGuard guard(out.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_step_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
+    const acc_t step = static_cast<acc_t>(step_size);
+    const bool project = eps.has_value();
+    const acc_t e = static_cast<acc_t>(eps.value_or(0.0));
+    const acc_t lo = b.lo_on ? static_cast<acc_t>(b.lo) : -inf;
+    const acc_t hi = b.hi_on ? static_cast<acc_t>(b.hi) : inf;
+    const scalar_t* ap = xa.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* op_ = xo.const_data_ptr<scalar_t>();
+    scalar_t* rp = out.mutable_data_ptr<scalar_t>();
+    const bool vec = aligned4(ap) && aligned4(gp) && aligned4(op_) && aligned4<scalar_t>(rp);
+    if (norm == Norm::kLinf) {
+      pgd_step_linf_kernel<scalar_t><<<flat_blocks(philox_blocks(n)), kThreads, 0, stream>>>(
+          ap, gp, op_, rp, n, vec, project, step, e, lo, hi);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const int threads = per_item_threads(philox_blocks(d) + 1);
+    const size_t smem = stage_bytes(d, sizeof(scalar_t), project);
+    if (smem > 0) {
+      auto kernel = pgd_step_l2_kernel<scalar_t, true>;
+      if (smem > 48 * 1024) {  // above the default limit a kernel must opt in
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+      }
+      kernel<<<item_grid(batch), threads, smem, stream>>>(ap, gp, op_, rp, d, vec, project, step,
+                                                          e, lo, hi);
+    } else {
+      pgd_step_l2_kernel<scalar_t, false><<<item_grid(batch), threads, 0, stream>>>(
+          ap, gp, op_, rp, d, vec, project, step, e, lo, hi);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace ebjdat

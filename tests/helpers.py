@@ -1,0 +1,79 @@
+"""Shared test machinery: the backends reachable on CPU, layouts, tolerances."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import strategies as st
+
+from ebjdat import ops
+from ebjdat.ops._library import has_native_kernel, triton_status
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def cpu_backends() -> list[str]:
+    """Every implementation that runs on CPU tensors here."""
+    names = ["reference"]
+    if has_native_kernel("sgld_step", "CPU"):
+        names.append("cpu")
+    if triton_status("cpu")[0]:
+        names.append("triton")
+    return names
+
+
+NATIVE_CPU = has_native_kernel("sgld_step", "CPU")
+TRITON_CPU = os.environ.get("TRITON_INTERPRET") == "1" and triton_status("cpu")[0]
+
+
+def dtypes_for(backend: str) -> list[torch.dtype]:
+    base = [torch.float32, torch.float16, torch.bfloat16]
+    return base + [torch.float64] if backend != "triton" else base
+
+
+def tol(dtype: torch.dtype) -> dict[str, float]:
+    """Output tolerance against the float64 reference: one rounding of the output dtype plus
+    float32 arithmetic."""
+    if dtype == torch.float64:
+        return {"atol": 1e-6, "rtol": 1e-6}  # noise is float32-generated on every backend
+    if dtype == torch.float32:
+        return {"atol": 2e-5, "rtol": 2e-5}
+    if dtype == torch.float16:
+        return {"atol": 2e-3, "rtol": 2e-3}
+    return {"atol": 1.6e-2, "rtol": 1.6e-2}
+
+
+def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout."""
+    if layout == "channels_last" and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided" and t.dim() >= 1:
+        big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1] + 1, dtype=t.dtype)
+        view = big[..., 1::2]
+        view.copy_(t)
+        return view
+    if layout == "transposed" and t.dim() >= 2:
+        return t.transpose(0, -1).contiguous().transpose(0, -1)
+    return t
+
+
+LAYOUTS = ["contiguous", "channels_last", "strided", "transposed"]
+
+
+def shapes(min_dims: int = 0, max_dims: int = 4, max_side: int = 7) -> st.SearchStrategy:
+    return st.lists(st.integers(0, max_side), min_size=min_dims, max_size=max_dims).map(tuple)
+
+
+def run(backend: str, fn, *args, **kwargs):  # noqa: ANN001, ANN201
+    with ops.use_backend(backend):
+        return fn(*args, **kwargs)
+
+
+def values(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
