@@ -101,7 +101,7 @@ inline void check_logits(const at::Tensor& logits, double temperature) {
 }
 
 // Labels as contiguous int64 (undefined without y), after type, shape and device checks. The
-// range [0, K) is checked by the caller: on CPU in a loop, on CUDA by a device assert.
+// range [0, K) is checked here on CPU; CUDA kernels assert it (a host check would sync).
 inline at::Tensor labels_long(const std::optional<at::Tensor>& y, const at::Tensor& logits) {
   if (!y) return at::Tensor();
   TORCH_CHECK_TYPE(!at::isFloatingType(y->scalar_type()) && !at::isComplexType(y->scalar_type()),
@@ -110,7 +110,16 @@ inline at::Tensor labels_long(const std::optional<at::Tensor>& y, const at::Tens
                     logits.size(0), "], got ", y->sizes());
   TORCH_CHECK_VALUE(y->device() == logits.device(), "ebjdat: y is on ", y->device(),
                     " but logits is on ", logits.device());
-  return y->to(at::kLong).contiguous();
+  at::Tensor yl = y->to(at::kLong).contiguous();
+  if (yl.is_cpu()) {
+    const int64_t classes = logits.size(1);
+    const int64_t* yp = yl.const_data_ptr<int64_t>();
+    for (int64_t b = 0; b < yl.numel(); ++b) {
+      TORCH_CHECK_VALUE(yp[b] >= 0 && yp[b] < classes, "ebjdat: label y[", b, "] = ", yp[b],
+                        " is out of range [0, ", classes, ")");
+    }
+  }
+  return yl;
 }
 
 // A per-row input of the backward must hold one value per row, on logits' device.
@@ -119,6 +128,162 @@ inline void check_per_row(const at::Tensor& t, const char* name, const at::Tenso
                     " elements, got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.device() == logits.device(), "ebjdat: ", name, " is on ", t.device(),
                     " but logits is on ", logits.device());
+}
+
+}  // namespace ebjdat
+
+namespace ebjdat {
+
+// Host-side preparation shared by the CPU and CUDA entry points: argument checks, the output
+// layout and the inputs laid out like it. The kernels then only compute.
+
+struct SgldInputs {
+  at::Tensor x, grad, noise;  // noise undefined unless given
+  Bounds bounds;
+};
+
+inline SgldInputs prepare_sgld(const at::Tensor& out, const at::Tensor& x, const at::Tensor& grad,
+                               double step_size, std::optional<double> grad_clip,
+                               double noise_std, std::optional<double> clamp_min,
+                               std::optional<double> clamp_max,
+                               const std::optional<at::Tensor>& noise) {
+  check_float(x, "x");
+  check_like(grad, "grad", x, "x");
+  TORCH_CHECK_VALUE(step_size >= 0, "ebjdat: step_size must be >= 0, got ", step_size);
+  TORCH_CHECK_VALUE(noise_std >= 0, "ebjdat: noise_std must be >= 0, got ", noise_std);
+  TORCH_CHECK_VALUE(!grad_clip || *grad_clip >= 0, "ebjdat: grad_clip must be >= 0, got ",
+                    grad_clip.value_or(0));
+  SgldInputs in{in_layout_of(x, out), in_layout_of(grad, out), at::Tensor(),
+                make_bounds(clamp_min, clamp_max)};
+  if (noise) {
+    check_like(*noise, "noise", x, "x");
+    in.noise = in_layout_of(*noise, out);
+  }
+  return in;
+}
+
+// The in-place op through its out-of-place body: a dense x is written directly (each element
+// reads only itself), any other x through a temporary.
+template <typename Into>
+void update_in_place(const at::Tensor& x, Into into) {
+  at::Tensor out = x.is_non_overlapping_and_dense() ? x : at::empty_like(x);
+  into(out);
+  if (!out.is_same(x)) x.copy_(out);
+}
+
+// Per-sample geometry of a batch-major output.
+struct Samples {
+  at::Tensor out;
+  int64_t n, batch, d;
+};
+
+inline Samples samples_of(at::Tensor out) {
+  const int64_t n = out.numel();
+  const int64_t batch = out.size(0);
+  return Samples{std::move(out), n, batch, batch > 0 ? n / batch : 0};
+}
+
+struct PgdInitInputs {
+  Samples s;
+  at::Tensor x;
+  Norm norm;
+  Bounds bounds;
+};
+
+inline PgdInitInputs prepare_pgd_init(const at::Tensor& x, double eps, const std::string& norm,
+                                      std::optional<double> clamp_min,
+                                      std::optional<double> clamp_max) {
+  check_float(x, "x");
+  const Norm parsed = parse_norm(norm);
+  TORCH_CHECK_VALUE(eps >= 0, "ebjdat: eps must be >= 0, got ", eps);
+  const Bounds bounds = make_bounds(clamp_min, clamp_max);
+  Samples s = samples_of(batch_major_like(x));
+  at::Tensor xl = in_layout_of(x, s.out);
+  return PgdInitInputs{std::move(s), std::move(xl), parsed, bounds};
+}
+
+struct PgdStepInputs {
+  Samples s;
+  at::Tensor x_adv, grad, x_orig;
+  Norm norm;
+  Bounds bounds;
+};
+
+inline PgdStepInputs prepare_pgd_step(const at::Tensor& x_adv, const at::Tensor& grad,
+                                      const at::Tensor& x_orig, double step_size,
+                                      std::optional<double> eps, const std::string& norm,
+                                      std::optional<double> clamp_min,
+                                      std::optional<double> clamp_max) {
+  check_float(x_adv, "x_adv");
+  check_like(grad, "grad", x_adv, "x_adv");
+  check_like(x_orig, "x_orig", x_adv, "x_adv");
+  const Norm parsed = parse_norm(norm);
+  TORCH_CHECK_VALUE(step_size >= 0, "ebjdat: step_size must be >= 0, got ", step_size);
+  TORCH_CHECK_VALUE(!eps || *eps >= 0, "ebjdat: eps must be >= 0, got ", eps.value_or(0));
+  const Bounds bounds = make_bounds(clamp_min, clamp_max);
+  Samples s = samples_of(batch_major_like(x_adv));
+  at::Tensor a = in_layout_of(x_adv, s.out), g = in_layout_of(grad, s.out),
+             o = in_layout_of(x_orig, s.out);
+  return PgdStepInputs{std::move(s), std::move(a), std::move(g), std::move(o), parsed, bounds};
+}
+
+}  // namespace ebjdat
+
+namespace ebjdat {
+
+struct EnergyForward {
+  at::Tensor logits, y;              // row-major logits; int64 labels or undefined
+  at::Tensor energy, cond, ce;       // outputs in the accumulation dtype; cond/ce empty without y
+};
+
+inline EnergyForward prepare_energy_forward(const at::Tensor& logits_in,
+                                            const std::optional<at::Tensor>& y,
+                                            double temperature) {
+  check_logits(logits_in, temperature);
+  EnergyForward f;
+  f.logits = logits_in.contiguous();
+  f.y = labels_long(y, f.logits);
+  const int64_t batch = f.logits.size(0);
+  const auto options = f.logits.options().dtype(at::toOpMathType(f.logits.scalar_type()));
+  f.energy = at::empty({batch}, options);
+  f.cond = at::empty({f.y.defined() ? batch : 0}, options);
+  f.ce = at::empty({f.y.defined() ? batch : 0}, options);
+  TORCH_CHECK_VALUE(batch == 0 || f.logits.size(1) > 0,
+                    "ebjdat: logits must have at least one class");
+  return f;
+}
+
+struct EnergyBackward {
+  at::Tensor logits, y;                          // as in the forward
+  at::Tensor energy, ce;                         // saved outputs, accumulation dtype
+  at::Tensor grad_energy, grad_cond, grad_ce;    // accumulation dtype, undefined when absent
+  at::Tensor grad;                               // row-major, logits' dtype
+};
+
+inline EnergyBackward prepare_energy_backward(
+    const at::Tensor& logits_in, const std::optional<at::Tensor>& y, const at::Tensor& energy,
+    const at::Tensor& ce, const std::optional<at::Tensor>& grad_energy,
+    const std::optional<at::Tensor>& grad_cond, const std::optional<at::Tensor>& grad_ce,
+    double temperature) {
+  check_logits(logits_in, temperature);
+  EnergyBackward b;
+  b.logits = logits_in.contiguous();
+  b.y = labels_long(y, b.logits);
+  TORCH_CHECK_VALUE(b.y.defined() || (!grad_cond && !grad_ce),
+                    "ebjdat: grad_cond and grad_ce need labels y");
+  const auto acc_type = at::toOpMathType(b.logits.scalar_type());
+  auto per_row = [&](const std::optional<at::Tensor>& t, const char* name) {
+    if (!t) return at::Tensor();
+    check_per_row(*t, name, b.logits);
+    return t->to(acc_type).contiguous();
+  };
+  b.grad_energy = per_row(grad_energy, "grad_energy");
+  b.grad_cond = per_row(grad_cond, "grad_cond");
+  b.grad_ce = per_row(grad_ce, "grad_ce");
+  b.energy = per_row(energy, "energy");
+  if (grad_ce) b.ce = per_row(ce, "ce");
+  b.grad = at::empty(b.logits.sizes(), b.logits.options());
+  return b;
 }
 
 }  // namespace ebjdat

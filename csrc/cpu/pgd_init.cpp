@@ -18,18 +18,13 @@ namespace ebjdat {
 at::Tensor pgd_init_cpu(const at::Tensor& x_in, double eps, std::string norm_s,
                         std::optional<double> clamp_min, std::optional<double> clamp_max,
                         OptGen generator) {
-  check_float(x_in, "x");
-  const Norm norm = parse_norm(norm_s);
-  TORCH_CHECK_VALUE(eps >= 0, "ebjdat: eps must be >= 0, got ", eps);
-  const Bounds b = make_bounds(clamp_min, clamp_max);
-  at::Tensor out = batch_major_like(x_in);
-  const at::Tensor x = in_layout_of(x_in, out);
-  const int64_t n = out.numel();
+  const PgdInitInputs in = prepare_pgd_init(x_in, eps, norm_s, clamp_min, clamp_max);
+  const at::Tensor &out = in.s.out, &x = in.x;
+  const int64_t n = in.s.n, batch = in.s.batch, d = in.s.d;
+  const Norm norm = in.norm;
+  const Bounds& b = in.bounds;
   if (n == 0) return out;
-  const int64_t batch = out.size(0);
-  const int64_t d = n / batch;
-  const uint64_t seed =
-      cpu_seed(generator);
+  const uint64_t seed = cpu_seed(generator);
   constexpr int64_t kChunk = philox::kChunk;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_init_cpu", [&] {

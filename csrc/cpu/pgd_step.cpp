@@ -17,21 +17,13 @@ at::Tensor pgd_step_cpu(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
                         const at::Tensor& x_orig_in, double step_size, std::optional<double> eps,
                         std::string norm_s, std::optional<double> clamp_min,
                         std::optional<double> clamp_max) {
-  check_float(x_adv_in, "x_adv");
-  check_like(grad_in, "grad", x_adv_in, "x_adv");
-  check_like(x_orig_in, "x_orig", x_adv_in, "x_adv");
-  const Norm norm = parse_norm(norm_s);
-  TORCH_CHECK_VALUE(step_size >= 0, "ebjdat: step_size must be >= 0, got ", step_size);
-  TORCH_CHECK_VALUE(!eps || *eps >= 0, "ebjdat: eps must be >= 0, got ", eps.value_or(0));
-  const Bounds b = make_bounds(clamp_min, clamp_max);
-  at::Tensor out = batch_major_like(x_adv_in);
-  const at::Tensor xa = in_layout_of(x_adv_in, out);
-  const at::Tensor g = in_layout_of(grad_in, out);
-  const at::Tensor xo = in_layout_of(x_orig_in, out);
-  const int64_t n = out.numel();
+  const PgdStepInputs in = prepare_pgd_step(x_adv_in, grad_in, x_orig_in, step_size, eps, norm_s,
+                                            clamp_min, clamp_max);
+  const at::Tensor &out = in.s.out, &xa = in.x_adv, &g = in.grad, &xo = in.x_orig;
+  const int64_t n = in.s.n, batch = in.s.batch, d = in.s.d;
+  const Norm norm = in.norm;
+  const Bounds& b = in.bounds;
   if (n == 0) return out;
-  const int64_t batch = out.size(0);
-  const int64_t d = n / batch;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_step_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -174,16 +174,10 @@ std::pair<unsigned int, int> row_launch(int64_t rows, int width) {
 }  // namespace
 
 EnergyOut energy_head_cuda(const at::Tensor& logits_in, const OptTensor& y, double temperature) {
-  check_logits(logits_in, temperature);
-  const at::Tensor logits = logits_in.contiguous();
+  const EnergyForward f = prepare_energy_forward(logits_in, y, temperature);
+  const at::Tensor &logits = f.logits, &yl = f.y, &energy = f.energy, &cond = f.cond, &ce = f.ce;
   const int64_t batch = logits.size(0), classes = logits.size(1);
-  const at::Tensor yl = labels_long(y, logits);
-  const auto acc_type = at::toOpMathType(logits.scalar_type());
-  at::Tensor energy = at::empty({batch}, logits.options().dtype(acc_type));
-  at::Tensor cond = at::empty({yl.defined() ? batch : 0}, energy.options());
-  at::Tensor ce = at::empty({yl.defined() ? batch : 0}, energy.options());
   if (batch == 0) return {energy, cond, ce};
-  TORCH_CHECK_VALUE(classes > 0, "ebjdat: logits must have at least one class");
   const c10::cuda::CUDAGuard guard(logits.device());
   const int width = row_width(classes);
   const std::pair<unsigned int, int> shape = row_launch(batch, width);
@@ -208,24 +202,11 @@ at::Tensor energy_head_backward_cuda(const at::Tensor& logits_in, const OptTenso
                                     const at::Tensor& energy_in, const at::Tensor& ce_in,
                                     const OptTensor& grad_energy, const OptTensor& grad_cond,
                                     const OptTensor& grad_ce, double temperature) {
-  check_logits(logits_in, temperature);
-  const at::Tensor logits = logits_in.contiguous();
+  const EnergyBackward in = prepare_energy_backward(logits_in, y, energy_in, ce_in, grad_energy,
+                                                    grad_cond, grad_ce, temperature);
+  const at::Tensor &logits = in.logits, &yl = in.y, &energy = in.energy, &ce = in.ce;
+  const at::Tensor &ge = in.grad_energy, &gc = in.grad_cond, &gx = in.grad_ce, &grad = in.grad;
   const int64_t batch = logits.size(0), classes = logits.size(1);
-  const at::Tensor yl = labels_long(y, logits);
-  TORCH_CHECK_VALUE(yl.defined() || (!grad_cond && !grad_ce),
-                    "ebjdat: grad_cond and grad_ce need labels y");
-  const auto acc_type = at::toOpMathType(logits.scalar_type());
-  auto acc_vec = [&](const OptTensor& t, const char* name) {
-    if (!t) return at::Tensor();
-    check_per_row(*t, name, logits);
-    return t->to(acc_type).contiguous();
-  };
-  const at::Tensor ge = acc_vec(grad_energy, "grad_energy");
-  const at::Tensor gc = acc_vec(grad_cond, "grad_cond");
-  const at::Tensor gx = acc_vec(grad_ce, "grad_ce");
-  const at::Tensor energy = acc_vec(energy_in, "energy");
-  const at::Tensor ce = grad_ce ? acc_vec(ce_in, "ce") : at::Tensor();
-  at::Tensor grad = at::empty(logits.sizes(), logits.options());
   if (grad.numel() == 0) return grad;
   const c10::cuda::CUDAGuard guard(logits.device());
   const int width = row_width(classes);

@@ -54,20 +54,10 @@ void sgld_into(const at::Tensor& out, const at::Tensor& x_in, const at::Tensor& 
                double step_size, std::optional<double> grad_clip, double noise_std,
                std::optional<double> clamp_min, std::optional<double> clamp_max,
                const OptTensor& noise_in, const OptGen& generator) {
-  check_float(x_in, "x");
-  check_like(grad_in, "grad", x_in, "x");
-  TORCH_CHECK_VALUE(step_size >= 0, "ebjdat: step_size must be >= 0, got ", step_size);
-  TORCH_CHECK_VALUE(noise_std >= 0, "ebjdat: noise_std must be >= 0, got ", noise_std);
-  TORCH_CHECK_VALUE(!grad_clip || *grad_clip >= 0, "ebjdat: grad_clip must be >= 0, got ",
-                    grad_clip.value_or(0));
-  const Bounds b = make_bounds(clamp_min, clamp_max);
-  const at::Tensor x = in_layout_of(x_in, out);
-  const at::Tensor grad = in_layout_of(grad_in, out);
-  at::Tensor noise;
-  if (noise_in) {
-    check_like(*noise_in, "noise", x_in, "x");
-    noise = in_layout_of(*noise_in, out);
-  }
+  const SgldInputs in = prepare_sgld(out, x_in, grad_in, step_size, grad_clip, noise_std,
+                                     clamp_min, clamp_max, noise_in);
+  const at::Tensor &x = in.x, &grad = in.grad, &noise = in.noise;
+  const Bounds& b = in.bounds;
   const int64_t n = out.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
@@ -118,10 +108,9 @@ void sgld_step__cuda(const at::Tensor& x, const at::Tensor& grad, double step_si
                      std::optional<double> grad_clip, double noise_std,
                      std::optional<double> clamp_min, std::optional<double> clamp_max,
                      const OptTensor& noise, OptGen generator) {
-  // A dense x is updated in place (each element reads only itself); otherwise via a temporary.
-  at::Tensor out = x.is_non_overlapping_and_dense() ? x : at::empty_like(x);
-  sgld_into(out, x, grad, step_size, grad_clip, noise_std, clamp_min, clamp_max, noise, generator);
-  if (!out.is_same(x)) x.copy_(out);
+  update_in_place(x, [&](const at::Tensor& out) {
+    sgld_into(out, x, grad, step_size, grad_clip, noise_std, clamp_min, clamp_max, noise, generator);
+  });
 }
 
 }  // namespace ebjdat
