@@ -94,13 +94,16 @@ def extension_kwargs() -> dict:
     avx2 = env_flag("EBJDAT_CPU_AVX2")
     if avx2 is None:
         avx2 = platform.machine().lower() in ("x86_64", "amd64")
-    cxx = ["-O3"]
+    # at::parallel_for is inline ATen code: without OpenMP here it would run on one thread. The
+    # runtime is torch's own libgomp, already loaded when ebjdat._C is.
+    cxx = ["-O3", "-fopenmp"]
+    link = ["-fopenmp"]
     if avx2:
         # CPU_CAPABILITY selects ATen's AVX2 vector types (Sleef exp/log) and their namespace.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
     sources = sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/register.cpp"]
     include_dirs = [str(ROOT / "csrc")]
-    kwargs: dict = {"sources": sources, "include_dirs": include_dirs}
+    kwargs: dict = {"sources": sources, "include_dirs": include_dirs, "extra_link_args": link}
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         # The toolkit root lacks cuBLAS/cuRAND headers that ATen/cuda includes; the pip wheels
@@ -148,6 +151,7 @@ def extension_kwargs() -> dict:
                         sources=cpu_sources,
                         include_dirs=[str(ROOT / "csrc")],
                         extra_compile_args={"cxx": cxx},
+                        extra_link_args=link,
                     )
                 ]
                 write_build_info(

@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "philox.h"  // EBJDAT_HD
+
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -39,8 +42,8 @@ inline Norm parse_norm(const std::string& norm) {
   TORCH_CHECK_VALUE(false, "ebjdat: norm must be 'linf' or 'l2', got '", norm, "'");
 }
 
+// Clamp bounds, an absent one as -inf / +inf (which clamp_nan then leaves alone).
 struct Bounds {
-  bool lo_on, hi_on;
   double lo, hi;
 };
 
@@ -48,15 +51,16 @@ inline Bounds make_bounds(std::optional<double> lo, std::optional<double> hi) {
   if (lo && hi) {
     TORCH_CHECK_VALUE(*lo <= *hi, "ebjdat: clamp lower bound ", *lo, " exceeds upper bound ", *hi);
   }
-  return Bounds{lo.has_value(), hi.has_value(), lo.value_or(0.0), hi.value_or(0.0)};
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  return Bounds{lo.value_or(-inf), hi.value_or(inf)};
 }
 
-// NaN-propagating clamp with optional bounds (matches torch.clamp: NaN stays NaN).
+// NaN-propagating clamp (as torch.clamp: NaN stays NaN); an absent bound is passed as +-inf.
+// Branch-free, so loops over it vectorise; shared with the CUDA kernels.
 template <typename T>
-inline T clamp_nan(T v, bool lo_on, T lo, bool hi_on, T hi) {
-  v = (lo_on && v < lo) ? lo : v;
-  v = (hi_on && v > hi) ? hi : v;
-  return v;
+EBJDAT_HD T clamp_nan(T v, T lo, T hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
 }
 
 // The CPU kernels' Philox seed: one draw from the generator, the same call as the Python side's
@@ -115,8 +119,8 @@ inline at::Tensor labels_long(const std::optional<at::Tensor>& y, const at::Tens
     const int64_t classes = logits.size(1);
     const int64_t* yp = yl.const_data_ptr<int64_t>();
     for (int64_t b = 0; b < yl.numel(); ++b) {
-      TORCH_CHECK_VALUE(yp[b] >= 0 && yp[b] < classes, "ebjdat: label y[", b, "] = ", yp[b],
-                        " is out of range [0, ", classes, ")");
+      TORCH_CHECK_VALUE(yp[b] >= 0 && yp[b] < classes, "ebjdat: labels y must lie in [0, ",
+                        classes, "); y[", b, "] = ", yp[b]);
     }
   }
   return yl;

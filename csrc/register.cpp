@@ -1,6 +1,8 @@
 // The one registration file: CPU kernels always, CUDA kernels when built with nvcc. The schemas
 // are defined by ebjdat/ops (Python), which imports this module after defining them.
 #include <Python.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "ops.h"
@@ -33,6 +35,66 @@ TORCH_LIBRARY_IMPL(ebjdat, CUDA, m) {
 #else
 #define EBJDAT_HAS_CUDA 0
 #endif
+
+// Autograd for energy_head in C++ (one kernel for CPU and CUDA): a Python autograd formula costs
+// more than the fused kernels themselves at training batch sizes. The backward redispatches to
+// the fused energy_head_backward of the same device.
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+class EnergyHeadFunction : public torch::autograd::Function<EnergyHeadFunction> {
+ public:
+  // Function::apply rejects undefined tensors, so "no labels" travels as `labelled` = false.
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& y,
+                               bool labelled, double temperature) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("ebjdat::energy_head", "")
+                         .typed<ebjdat::EnergyOut(const at::Tensor&, const ebjdat::OptTensor&, double)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [energy, cond, ce] =
+        op.call(logits, labelled ? std::optional<at::Tensor>(y) : std::nullopt, temperature);
+    ctx->save_for_backward({logits, y, energy, ce});
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["labelled"] = labelled;
+    return {energy, cond, ce};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("ebjdat::energy_head_backward", "")
+            .typed<at::Tensor(const at::Tensor&, const ebjdat::OptTensor&, const at::Tensor&,
+                              const at::Tensor&, const ebjdat::OptTensor&, const ebjdat::OptTensor&,
+                              const ebjdat::OptTensor&, double)>();
+    const variable_list saved = ctx->get_saved_variables();
+    const bool labelled = ctx->saved_data["labelled"].toBool();
+    at::Tensor grad = op.call(saved[0], labelled ? opt(saved[1]) : std::nullopt, saved[2], saved[3],
+                              opt(grads[0]),
+                              labelled ? opt(grads[1]) : std::nullopt,
+                              labelled ? opt(grads[2]) : std::nullopt,
+                              ctx->saved_data["temperature"].toDouble());
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+ebjdat::EnergyOut energy_head_autograd(const at::Tensor& logits, const ebjdat::OptTensor& y,
+                                       double temperature) {
+  const at::Tensor labels = y ? *y : at::empty({0}, logits.options().dtype(at::kLong));
+  variable_list out = EnergyHeadFunction::apply(logits, labels, y.has_value(), temperature);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ebjdat, Autograd, m) {
+  m.impl("energy_head", &energy_head_autograd);
+}
 
 // A plain module so that `import ebjdat._C` loads the registrations; it also says how it was built.
 static PyModuleDef ebjdat_module = {PyModuleDef_HEAD_INIT, "_C",

@@ -9,6 +9,8 @@ import warnings
 from functools import lru_cache
 from types import ModuleType
 
+import torch  # noqa: F401  (ebjdat._C links against libtorch, which this import loads first)
+
 
 def build_info() -> dict:
     """How setup.py built the extension ({"kind": "cuda"|"cpu"|"none", ...}), or {} if unknown."""

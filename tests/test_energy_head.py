@@ -117,5 +117,12 @@ def test_native_kernel_rejects_bad_labels_itself() -> None:
 
     if not NATIVE_CPU:
         pytest.skip("ebjdat._C is not built")
-    with pytest.raises(ValueError, match=r"out of range \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"labels y must lie in \[0, 4\); y\[1\] = 9"):
         torch.ops.ebjdat.energy_head(torch.zeros(2, 4), torch.tensor([0, 9]), 1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [4, -1])
+def test_label_range_on_every_backend(backend: str, bad: int) -> None:
+    with pytest.raises(ValueError, match=r"labels y must lie in \[0, 4\)"):
+        run(backend, ops.energy_head, torch.zeros(3, 4), torch.tensor([0, bad, 1]))

@@ -128,6 +128,15 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_fresh_process_loads_the_extension() -> None:
+    """`import ebjdat` first thing in a process (torch not yet imported) still loads _C."""
+    if _native.load()[0] is None:
+        pytest.skip("ebjdat._C is not built")
+    result = _python("import ebjdat; print(ebjdat.ops.backend('sgld_step', 'cpu'))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cpu", result.stderr
+
+
 def test_env_override_in_a_fresh_process() -> None:
     code = "from ebjdat import ops; print(ops.backend('pgd_step', 'cpu'))"
     assert _python(code, EBJDAT_BACKEND="reference").stdout.strip() == "reference"

@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -19,18 +20,23 @@ namespace {
 
 using at::vec::Vectorized;
 
+// Rows are walked in full vectors plus one partial vector (masked), since classes are often
+// fewer than a vector's worth and a scalar libm tail would dominate.
+template <typename acc_t>
+at::vec::Vectorized<acc_t> load_tail(const acc_t* r, int64_t rem, acc_t fill) {
+  using V = Vectorized<acc_t>;
+  return V::set(V(fill), V::loadu(r, rem), rem);
+}
+
 template <typename acc_t>
 acc_t row_max(const acc_t* r, int64_t k) {
   using V = Vectorized<acc_t>;
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  constexpr acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  V vm(ninf);
   int64_t i = 0;
-  if (k >= V::size()) {
-    V vm = V::loadu(r);
-    for (i = V::size(); i + V::size() <= k; i += V::size()) vm = at::vec::maximum(vm, V::loadu(r + i));
-    m = at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return at::vec::maximum(a, b); }, vm);
-  }
-  for (; i < k; ++i) m = (r[i] > m || r[i] != r[i]) ? r[i] : m;
-  return m;
+  for (; i + V::size() <= k; i += V::size()) vm = at::vec::maximum(vm, V::loadu(r + i));
+  if (i < k) vm = at::vec::maximum(vm, load_tail(r + i, k - i, ninf));
+  return at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return at::vec::maximum(a, b); }, vm);
 }
 
 // log(sum(exp(scale * r))) with the max shift torch.logsumexp uses (an infinite max is not
@@ -41,15 +47,11 @@ acc_t row_lse(const acc_t* r, int64_t k, acc_t scale, acc_t max_r) {
   acc_t m = scale * max_r;
   if (std::isinf(m)) m = 0;
   const V vs(scale), vm(m);
-  acc_t sum = 0;
+  V acc(0);
   int64_t i = 0;
-  if (k >= V::size()) {
-    V acc(0);
-    for (; i + V::size() <= k; i += V::size()) acc = acc + (V::loadu(r + i) * vs - vm).exp();
-    sum = at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return a + b; }, acc);
-  }
-  for (; i < k; ++i) sum += std::exp(scale * r[i] - m);
-  return std::log(sum) + m;
+  for (; i + V::size() <= k; i += V::size()) acc = acc + (V::loadu(r + i) * vs - vm).exp();
+  if (i < k) acc = acc + V::set(V(0), (V::loadu(r + i, k - i) * vs - vm).exp(), k - i);
+  return std::log(at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return a + b; }, acc)) + m;
 }
 
 // Copies row b of `logits` into buf in acc_t when needed; returns a pointer to acc_t values.
@@ -135,19 +137,13 @@ at::Tensor energy_head_backward_cpu(const at::Tensor& logits_in, const OptTensor
         const acc_t sx = gxp ? gxp[b] : acc_t(0);
         const acc_t lse1 = gxp ? cep[b] + r[yp[b]] : acc_t(0);
         const acc_t inv_t = acc_t(1) / t;
-        int64_t k = 0;
-        for (; k + V::size() <= classes; k += V::size()) {
-          const V l = V::loadu(r + k);
+        for (int64_t k = 0; k < classes; k += V::size()) {
+          const int64_t len = std::min<int64_t>(V::size(), classes - k);
+          const V l = len == V::size() ? V::loadu(r + k) : V::loadu(r + k, len);
           V v(0);
           if (gep) v = v - V(se) * (l * V(inv_t) - V(lse_t)).exp();
           if (gxp) v = v + V(sx) * (l - V(lse1)).exp();
-          v.store(o + k);
-        }
-        for (; k < classes; ++k) {
-          acc_t v = 0;
-          if (gep) v -= se * std::exp(r[k] * inv_t - lse_t);
-          if (gxp) v += sx * std::exp(r[k] - lse1);
-          o[k] = v;
+          v.store(o + k, len);
         }
         if (yp) o[yp[b]] += (gcp ? -gcp[b] : acc_t(0)) - sx;
         if constexpr (!std::is_same_v<scalar_t, acc_t>) {

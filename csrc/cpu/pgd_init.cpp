@@ -29,10 +29,9 @@ at::Tensor pgd_init_cpu(const at::Tensor& x_in, double eps, std::string norm_s,
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_init_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
     const acc_t e = static_cast<acc_t>(eps);
-    const acc_t lo = b.lo_on ? static_cast<acc_t>(b.lo) : -inf;
-    const acc_t hi = b.hi_on ? static_cast<acc_t>(b.hi) : inf;
+    const acc_t lo = static_cast<acc_t>(b.lo);
+    const acc_t hi = static_cast<acc_t>(b.hi);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     if (norm == Norm::kLinf) {
@@ -45,7 +44,7 @@ at::Tensor pgd_init_cpu(const at::Tensor& x_in, double eps, std::string norm_s,
           philox::uniforms32(seed, static_cast<uint64_t>(s / 4), u);
           for (int64_t i = 0; i < len; ++i) {
             const acc_t v = static_cast<acc_t>(xp[s + i]) + e * (acc_t(2) * acc_t(u[i]) - acc_t(1));
-            op[s + i] = static_cast<scalar_t>(clamp_nan(v, true, lo, true, hi));
+            op[s + i] = static_cast<scalar_t>(clamp_nan(v, lo, hi));
           }
         }
       });
@@ -69,13 +68,14 @@ at::Tensor pgd_init_cpu(const at::Tensor& x_in, double eps, std::string norm_s,
           i += take;
         }
         acc_t ss = 0;
+        _Pragma("omp simd reduction(+ : ss)")
         for (int64_t i = 0; i < d; ++i) ss += acc_t(z[i]) * acc_t(z[i]);
         const philox::Block blk = philox::philox4x32_10(seed, radius_base + s);
         const double r = std::pow(static_cast<double>(philox::to_uniform(blk.v[0])), 1.0 / d);
         const acc_t scale = static_cast<acc_t>(eps * r) / std::max(std::sqrt(ss), acc_t(1e-12));
         for (int64_t i = 0; i < d; ++i) {
           const acc_t v = static_cast<acc_t>(xp[start + i]) + scale * acc_t(z[i]);
-          op[start + i] = static_cast<scalar_t>(clamp_nan(v, true, lo, true, hi));
+          op[start + i] = static_cast<scalar_t>(clamp_nan(v, lo, hi));
         }
       }
     });

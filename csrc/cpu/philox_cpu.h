@@ -111,8 +111,9 @@ inline void normal_pair8(__m256 u1, __m256 u2, __m256& n1, __m256& n2) {
   u1 = _mm256_max_ps(_mm256_set1_ps(kMinUniform), u1);
   const __m256 th = _mm256_mul_ps(_mm256_set1_ps(kTwoPi), u2);
   const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), Sleef_logf8_u10(u1)));
-  n1 = _mm256_mul_ps(r, Sleef_cosf8_u10(th));
-  n2 = _mm256_mul_ps(r, Sleef_sinf8_u10(th));
+  const Sleef___m256_2 sc = Sleef_sincosf8_u10(th);  // (sin, cos) in one call
+  n1 = _mm256_mul_ps(r, sc.y);
+  n2 = _mm256_mul_ps(r, sc.x);
 }
 #endif
 

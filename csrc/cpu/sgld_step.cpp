@@ -34,8 +34,8 @@ void sgld_into(const at::Tensor& out, const at::Tensor& x_in, const at::Tensor& 
     const acc_t step = static_cast<acc_t>(step_size);
     const acc_t clip = grad_clip ? static_cast<acc_t>(*grad_clip) : inf;
     const acc_t sd = static_cast<acc_t>(noise_std);
-    const acc_t lo = b.lo_on ? static_cast<acc_t>(b.lo) : -inf;
-    const acc_t hi = b.hi_on ? static_cast<acc_t>(b.hi) : inf;
+    const acc_t lo = static_cast<acc_t>(b.lo);
+    const acc_t hi = static_cast<acc_t>(b.hi);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const scalar_t* np = noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr;
@@ -56,9 +56,9 @@ void sgld_into(const at::Tensor& out, const at::Tensor& x_in, const at::Tensor& 
         }
         for (int64_t i = 0; i < len; ++i) {
           acc_t g = static_cast<acc_t>(gp[s + i]);
-          g = clamp_nan(g, true, -clip, true, clip);
+          g = clamp_nan(g, -clip, clip);
           acc_t v = static_cast<acc_t>(xp[s + i]) + step * g + sd * nb[i];
-          op[s + i] = static_cast<scalar_t>(clamp_nan(v, true, lo, true, hi));
+          op[s + i] = static_cast<scalar_t>(clamp_nan(v, lo, hi));
         }
       }
     });

@@ -1,6 +1,6 @@
 // Device helpers shared by the CUDA kernels: grouped loads/stores, Philox normals, reductions,
 // launch sizing and the generator draw. The formulas mirror the CPU kernels (csrc/cpu), which are
-// the spec; common.h's clamp_nan is host-only, so its device twin lives here.
+// the spec.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/ceil_div.h>
@@ -87,14 +87,6 @@ __device__ __forceinline__ void store4(T* p, int64_t c, int64_t lo, int64_t hi, 
 
 // ---------------------------------------------------------------------------------------------
 // Arithmetic twins of the CPU helpers.
-
-// common.h clamp_nan: NaN stays NaN.
-template <typename T>
-__device__ __forceinline__ T clamp_nan_d(T v, T lo, T hi) {
-  v = v < lo ? lo : v;
-  v = v > hi ? hi : v;
-  return v;
-}
 
 // std::max as the CPU code uses it: (a < b) ? b : a, so a NaN `a` survives (fmax would drop it).
 template <typename T>

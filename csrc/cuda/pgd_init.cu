@@ -32,7 +32,7 @@ __global__ void pgd_init_linf_kernel(const scalar_t* x, scalar_t* out, int64_t n
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const acc_t u = static_cast<acc_t>(philox::to_uniform(blk.v[j]));
-      v[j] = clamp_nan_d(xv[j] + e * (acc_t(2) * u - acc_t(1)), lo, hi);
+      v[j] = clamp_nan(xv[j] + e * (acc_t(2) * u - acc_t(1)), lo, hi);
     }
     store4(out, c, 0, n, vec, v);
   }
@@ -76,7 +76,7 @@ __global__ void pgd_init_l2_kernel(const scalar_t* x, scalar_t* out, int64_t d, 
     acc_t xv[4], v[4];
     load4(x, c, start, end, vec, xv);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = clamp_nan_d(xv[j] + scale * acc_t(z[j]), lo, hi);
+    for (int j = 0; j < 4; ++j) v[j] = clamp_nan(xv[j] + scale * acc_t(z[j]), lo, hi);
     store4(out, c, start, end, vec, v);
   }
 }
@@ -101,9 +101,8 @@ at::Tensor pgd_init_cuda(const at::Tensor& x_in, double eps, std::string norm_s,
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_init_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
-    const acc_t lo = b.lo_on ? static_cast<acc_t>(b.lo) : -inf;
-    const acc_t hi = b.hi_on ? static_cast<acc_t>(b.hi) : inf;
+    const acc_t lo = static_cast<acc_t>(b.lo);
+    const acc_t hi = static_cast<acc_t>(b.hi);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const bool vec = aligned4(xp) && aligned4<scalar_t>(op);

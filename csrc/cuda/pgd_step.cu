@@ -37,10 +37,10 @@ __global__ void pgd_step_linf_kernel(const scalar_t* xa, const scalar_t* g, cons
       acc_t r = av[j] + step * sgn;
       if (project) {
         const acc_t o = ov[j];
-        r = clamp_nan_d(r, o - e, o + e);
+        r = clamp_nan(r, o - e, o + e);
         r = o != o ? o : r;
       }
-      v[j] = clamp_nan_d(r, lo, hi);
+      v[j] = clamp_nan(r, lo, hi);
     }
     store4(out, c, 0, n, vec, v);
   }
@@ -136,7 +136,7 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
     for (int j = 0; j < 4; ++j) {
       acc_t r = av[j] + gscale * gv[j];
       if (project) r = ov[j] + (r - ov[j]) * factor;
-      v[j] = clamp_nan_d(r, lo, hi);
+      v[j] = clamp_nan(r, lo, hi);
     }
     store4(out, c, start, end, vec, v);
   }
@@ -172,12 +172,11 @@ at::Tensor pgd_step_cuda(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
     const acc_t step = static_cast<acc_t>(step_size);
     const bool project = eps.has_value();
     const acc_t e = static_cast<acc_t>(eps.value_or(0.0));
-    const acc_t lo = b.lo_on ? static_cast<acc_t>(b.lo) : -inf;
-    const acc_t hi = b.hi_on ? static_cast<acc_t>(b.hi) : inf;
+    const acc_t lo = static_cast<acc_t>(b.lo);
+    const acc_t hi = static_cast<acc_t>(b.hi);
     const scalar_t* ap = xa.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* op_ = xo.const_data_ptr<scalar_t>();

@@ -43,8 +43,8 @@ __global__ void sgld_kernel(const scalar_t* x, const scalar_t* grad, const scala
     acc_t v[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const acc_t g = clamp_nan_d(gv[j], -clip, clip);
-      v[j] = clamp_nan_d(xv[j] + step * g + sd * nz[j], lo, hi);
+      const acc_t g = clamp_nan(gv[j], -clip, clip);
+      v[j] = clamp_nan(xv[j] + step * g + sd * nz[j], lo, hi);
     }
     store4(out, c, 0, n, vec, v);
   }
@@ -74,8 +74,8 @@ void sgld_into(const at::Tensor& out, const at::Tensor& x_in, const at::Tensor& 
     const acc_t step = static_cast<acc_t>(step_size);
     const acc_t clip = grad_clip ? static_cast<acc_t>(*grad_clip) : inf;
     const acc_t sd = static_cast<acc_t>(noise_std);
-    const acc_t lo = b.lo_on ? static_cast<acc_t>(b.lo) : -inf;
-    const acc_t hi = b.hi_on ? static_cast<acc_t>(b.hi) : inf;
+    const acc_t lo = static_cast<acc_t>(b.lo);
+    const acc_t hi = static_cast<acc_t>(b.hi);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const scalar_t* np = noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr;

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from .. import _native
-from ._library import BACKENDS, backend, ops, use_backend, warm
-from .energy_head import EnergyOut, energy_head
-from .pgd_init import pgd_init
-from .pgd_step import pgd_step
-from .sgld_step import sgld_step, sgld_step_
 
-# Kernels register against the schemas defined above, so the extension loads after them.
+# The native kernels (and the C++ autograd of energy_head) register before the schemas are
+# defined below; the dispatcher accepts that order, and energy_head checks what was registered.
 _native.load()
+
+from ._library import BACKENDS, backend, ops, use_backend, warm  # noqa: E402
+from .energy_head import EnergyOut, energy_head  # noqa: E402
+from .pgd_init import pgd_init  # noqa: E402
+from .pgd_step import pgd_step  # noqa: E402
+from .sgld_step import sgld_step, sgld_step_  # noqa: E402
+
 warm()
 
 __all__ = [

@@ -84,8 +84,9 @@ def generator(value: object, device: torch.device) -> torch.Generator | None:
     return value
 
 
-def labels(y: object, logits: torch.Tensor) -> torch.Tensor | None:
-    """Integer labels of shape [B] on logits' device, each in [0, K)."""
+def labels(y: object, logits: torch.Tensor, *, check_range: bool = True) -> torch.Tensor | None:
+    """Integer labels of shape [B] on logits' device, each in [0, K) (unless the kernel that
+    runs checks the range itself: check_range=False)."""
     if y is None:
         return None
     if not isinstance(y, torch.Tensor):
@@ -98,7 +99,7 @@ def labels(y: object, logits: torch.Tensor) -> torch.Tensor | None:
         raise ValueError(f"y is on {y.device} but logits is on {logits.device}")
     # The range check needs the values: free on CPU, a sync on CUDA, and skipped where it cannot
     # run (tracing, graph capture); the kernels still assert it there.
-    if y.numel() and not torch.compiler.is_compiling() and not _capturing(y):
+    if check_range and y.numel() and not torch.compiler.is_compiling() and not _capturing(y):
         lo, hi = torch.aminmax(y)
         if int(lo) < 0 or int(hi) >= logits.shape[1]:
             raise ValueError(

@@ -17,7 +17,7 @@ import torch
 
 from . import _checks
 from ._layout import acc_dtype
-from ._library import define, implementation
+from ._library import backend, define, has_native_kernel, implementation
 
 SCHEMA = "(Tensor logits, Tensor? y, float temperature) -> (Tensor, Tensor, Tensor)"
 BACKWARD_SCHEMA = (
@@ -144,9 +144,12 @@ def _make_backward(backward_op: object):
     return backward
 
 
-torch.library.register_autograd(
-    "ebjdat::energy_head", _make_backward(NATIVE_BACKWARD), setup_context=_setup_context
-)
+# ebjdat._C (loaded before this module) registers a C++ autograd kernel for the native op;
+# without it the Python formula serves. The Triton twin always uses the Python one.
+if not has_native_kernel("energy_head", "Autograd"):
+    torch.library.register_autograd(
+        "ebjdat::energy_head", _make_backward(NATIVE_BACKWARD), setup_context=_setup_context
+    )
 torch.library.register_autograd(
     "ebjdat::energy_head_triton", _make_backward(TRITON_BACKWARD), setup_context=_setup_context
 )
@@ -161,7 +164,10 @@ def energy_head(
         raise ValueError(f"logits must be 2-D [B, K], got shape {tuple(logits.shape)}")
     if logits.shape[1] == 0 and logits.shape[0] > 0:
         raise ValueError("logits must have at least one class (K >= 1)")
-    y = _checks.labels(y, logits)
+    # The C++ kernels check the label range themselves (CPU: a ValueError; CUDA: a device
+    # assert, where a host check would cost a sync per call).
+    native = backend("energy_head", logits.device) in ("cpu", "cuda")
+    y = _checks.labels(y, logits, check_range=not native)
     temperature = _checks.number("temperature", temperature, strict=True)
     energy, cond, ce = implementation("energy_head", logits.device)(logits, y, temperature)
     if y is None:

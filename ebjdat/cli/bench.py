@@ -1,0 +1,258 @@
+"""ebjdat-bench: microbenchmarks of the fused ops against eager and torch.compile PyTorch.
+
+    ebjdat-bench ops [--device D] [--json FILE] [--quick] [--dtype ...] [--no-compile]
+
+prints one table line per (op, shape, dtype) as it finishes and, with --json, writes
+{"machine": {...}, "rows": [...]} (one row per implementation; see ebjdat.benchmarks.ops).
+Bad input (unknown device, CUDA without a GPU, ...) is a one-line error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ebjdat.benchmarks.ops import CaseResult
+
+PROG = "ebjdat-bench"
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported in one line with exit status 2, never a traceback."""
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch.device for `name`, checked to exist here (the ops run on cpu and cuda)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"unknown device {name!r} ({err}); use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UsageError(f"device type {device.type!r} is not supported; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UsageError(f"{name!r} requested but no CUDA GPU is available to this torch")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"{name!r} requested but only {count} CUDA device(s) are visible")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return torch.device("cuda", index)
+
+
+def _json_path(value: str | None) -> Path | None:
+    """Checked before the (long) run, so a typo does not throw the results away."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"--json {value!r} is a directory; give a file name")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"--json {value!r}: {parent} is not a directory")
+    return path
+
+
+# -- table --------------------------------------------------------------------------------------
+
+_COLUMNS = (  # (title, width)
+    ("op", 14), ("shape", 15), ("dtype", 8), ("eager ms", 10), ("compile ms", 10),
+    ("fused ms", 10), ("fused GB/s", 10), ("% copy", 6), ("x eager", 8), ("x compile", 9),
+    ("backend", 9),
+)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _line(cells: Sequence[str]) -> str:
+    parts = [
+        cell.ljust(width) if i < 3 or i == len(_COLUMNS) - 1 else cell.rjust(width)
+        for i, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS, strict=True))
+    ]
+    return "  ".join(parts).rstrip()
+
+
+def table_header() -> str:
+    header = _line([title for title, _ in _COLUMNS])
+    return header + "\n" + "-" * len(header)
+
+
+def table_row(result: CaseResult, copy_gbps: float | None) -> str:
+    """One table line for an ebjdat.benchmarks.ops.CaseResult (speedups: t_other / t_fused)."""
+
+    def ms(impl: str) -> str:
+        t = result.timings.get(impl)
+        if t is None:
+            return "err" if impl in result.errors else "-"
+        return format(t.median_s * 1e3, ".4g")
+
+    fused_gbps = result.gbps("fused")
+    frac = fused_gbps / copy_gbps * 100 if fused_gbps is not None and copy_gbps else None
+    case = result.case
+    return _line([
+        case.op, case.shape_str, case.dtype_str, ms("eager"), ms("compile"), ms("fused"),
+        _num(fused_gbps, ".3g"), _num(frac, ".0f"), _num(result.speedup("eager"), ".2f"),
+        _num(result.speedup("compile"), ".2f"), result.backend,
+    ])
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def run_ops(args: argparse.Namespace) -> int:
+    from ebjdat.benchmarks import machine_info
+    from ebjdat.benchmarks import ops as bench_ops
+
+    if args.min_run_time is not None and not args.min_run_time > 0:
+        raise UsageError("--min-run-time must be > 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    json_path = _json_path(args.json)
+    compile_ = (not args.quick) if args.compile is None else args.compile
+    impls = [impl for impl in bench_ops.IMPLS if impl != "compile" or compile_]
+    min_run_time = args.min_run_time if args.min_run_time is not None else (
+        0.01 if args.quick else 0.2
+    )
+    dtypes = [bench_ops.DTYPES[name] for name in dict.fromkeys(args.dtype)]
+    case_list = bench_ops.cases(args.sizes, dtypes, args.ops or bench_ops.OPS, quick=args.quick)
+
+    machine = machine_info(device)
+    machine.update(
+        quick=args.quick, min_run_time=min_run_time, impls=impls,
+        sizes=["quick"] if args.quick else args.sizes,
+    )
+    copy = None
+    if not args.no_copy:
+        numel = 1 << 20 if args.quick else bench_ops.COPY_NUMEL
+        copy = bench_ops.copy_bandwidth(device, numel, min_run_time=min_run_time)
+        machine["copy"] = copy
+    copy_gbps = copy["gbps"] if copy else None
+
+    print(f"{PROG} ops on {device} ({machine['device_name']}), torch {torch.__version__}, "
+          f"{machine['torch_threads']} threads, min_run_time {min_run_time:g}s")
+    load = machine["load_avg"]
+    if device.type == "cpu" and load and load[0] > 0.5 * (machine["cpu_count"] or 1):
+        print(f"warning: load average {load[0]:.1f} on {machine['cpu_count']} cores: other "
+              "processes inflate CPU timings, eager ones most", file=sys.stderr)
+    if copy is not None:
+        print(f"copy bandwidth (float32 x{copy['numel']}): {copy['gbps']:.3g} GB/s")
+    print(table_header(), flush=True)
+    rows: list[dict] = []
+    errors: list[str] = []
+    for case in case_list:
+        result = bench_ops.run_case(case, device, impls, min_run_time=min_run_time)
+        print(table_row(result, copy_gbps), flush=True)
+        rows += result.rows(copy_gbps)
+        errors += [f"{case} [{impl}]: {msg}" for impl, msg in result.errors.items()]
+        del result
+    for message in errors:
+        print(f"warning: {message}", file=sys.stderr)
+    print("speedups are t_eager / t_fused and t_compile / t_fused from this run; GB/s counts "
+          "the bytes each op must move (see ebjdat.benchmarks.ops)")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ebjdat.benchmarks import default_device
+    from ebjdat.benchmarks import ops as bench_ops
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Benchmark ebjdat's fused ops against the same math in eager PyTorch and "
+        "under torch.compile.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ops_parser = commands.add_parser(
+        "ops",
+        help="time sgld_step, pgd_step (linf, l2) and energy_head (fwd+bwd)",
+        description="Time each op three ways on the same inputs: 'eager' (plain PyTorch), "
+        "'compile' (torch.compile of that function) and 'fused' (the ebjdat op). Reports "
+        "median time, GB/s of the traffic each op must move and the speedup of fused over the "
+        "others within the same run.",
+        epilog="Sizes: 'training' = 64 and 128 x 3x32x32 images and energy-head logits "
+        "B in {64, 4096} x K in {10, 100, 1000}; 'buffer' = 1024 and 10000 x 3x32x32 (the JEM "
+        "replay buffer); 'large' = 2**24-element cases for the GPU bandwidth goal.",
+    )
+    ops_parser.add_argument(
+        "--device", default=default_device(),
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu; here %(default)s)",
+    )
+    ops_parser.add_argument(
+        "--json", metavar="FILE",
+        help='also write {"machine": {...}, "rows": [...]} to FILE (one row per op, shape, '
+        "dtype and impl)",
+    )
+    ops_parser.add_argument(
+        "--quick", action="store_true",
+        help="smoke test: one tiny shape per op, very short timing, no torch.compile unless "
+        "--compile is given; the numbers mean nothing",
+    )
+    ops_parser.add_argument(
+        "--dtype", nargs="+", default=["float32"], choices=list(bench_ops.DTYPES),
+        help="input dtype(s) (default: float32)",
+    )
+    ops_parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="include the torch.compile implementation (default: yes, except with --quick); "
+        "--no-compile skips it, which saves minutes of compilation on a CPU",
+    )
+    ops_parser.add_argument(
+        "--sizes", nargs="+", default=["training", "buffer"], choices=list(bench_ops.SIZE_SETS),
+        help="shape sets to run (default: training buffer)",
+    )
+    ops_parser.add_argument(
+        "--ops", nargs="+", choices=list(bench_ops.OPS), metavar="OP",
+        help=f"only these ops (default: all of {', '.join(bench_ops.OPS)})",
+    )
+    ops_parser.add_argument(
+        "--min-run-time", type=float, metavar="S",
+        help="seconds of timing per implementation and case (default: 0.2, or 0.01 with --quick)",
+    )
+    ops_parser.add_argument(
+        "--no-copy", action="store_true",
+        help="skip the float32 copy-bandwidth reference (2**24 elements) and the '%% copy' column",
+    )
+    ops_parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="torch intra-op threads for CPU runs (default: torch's choice, "
+        f"{torch.get_num_threads()} here)",
+    )
+    ops_parser.set_defaults(func=run_ops)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `ebjdat-bench` and `python -m ebjdat.cli.bench`; returns the exit status.
+
+    Usage errors raise SystemExit(2) after a one-line message, as argparse's own errors do.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        raise _fail(str(err)) from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

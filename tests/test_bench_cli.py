@@ -1,0 +1,157 @@
+"""Smoke tests of `ebjdat-bench ops` and scripts/gpu_check.py: formats and exit codes only, never
+timings (the numbers from --quick mean nothing)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from ebjdat.benchmarks import ops as bench_ops
+from ebjdat.cli.bench import main
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = ROOT / "scripts" / "gpu_check.py"
+ROW_TYPES = {"op": str, "shape": list, "dtype": str, "impl": str, "median_s": float, "gbps": float}
+
+
+def test_ops_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sub" / "ops.json"
+    assert main(["ops", "--quick", "--device", "cpu", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert set(data) == {"machine", "rows"}
+    machine = data["machine"]
+    for key in ("torch", "device_name", "cpu_count", "backends", "copy"):
+        assert key in machine
+    assert set(machine["backends"]) >= {"sgld_step", "pgd_step", "energy_head"}
+
+    rows = data["rows"]
+    for row in rows:
+        for key, kind in ROW_TYPES.items():
+            assert isinstance(row[key], kind), (key, row)
+        assert row["impl"] in bench_ops.IMPLS
+        assert row["median_s"] > 0 and row["gbps"] > 0
+        assert all(isinstance(n, int) for n in row["shape"])
+    assert {r["op"] for r in rows} == set(bench_ops.OPS)
+    for op in bench_ops.OPS:  # --quick skips torch.compile unless asked for
+        assert {r["impl"] for r in rows if r["op"] == op} == {"eager", "fused"}
+        (fused,) = (r for r in rows if r["op"] == op and r["impl"] == "fused")
+        assert fused["speedup_vs_eager"] > 0 and fused["speedup_vs_compile"] is None
+        assert op in printed
+
+
+@pytest.mark.parametrize("case", bench_ops.cases(quick=True), ids=str)
+def test_impls_compute_the_same_math(case: bench_ops.Case) -> None:
+    """eager and fused must agree, or the speedups compare different work."""
+    inputs = bench_ops.make_inputs(case, torch.device("cpu"))
+    spec = case.spec
+    if spec.backward:
+        grads = []
+        for fn in (spec.eager, spec.fused):
+            inputs["logits"].grad = None
+            bench_ops.energy_backward(fn(**inputs))
+            grads.append(inputs["logits"].grad)
+        torch.testing.assert_close(grads[1], grads[0])
+        return
+    eager, fused = spec.eager(**inputs), spec.fused(**inputs)
+    if case.op == "sgld_step":  # independent noise: the difference is noise_std * (n1 - n2)
+        assert (fused - eager).abs().max() < 12 * bench_ops.SGLD.noise_std
+        assert (fused - eager).std() > 0.5 * bench_ops.SGLD.noise_std
+    else:
+        torch.testing.assert_close(fused, eager)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ops", "--device", "nonsense"],
+        ["ops", "--device", "meta"],
+        ["ops", "--quick", "--min-run-time", "0"],
+        ["ops", "--quick", "--threads", "0"],
+        ["ops", "--dtype", "int8"],
+        [],
+    ],
+    ids=["unknown-device", "unsupported-device", "bad-min-run-time", "bad-threads", "bad-dtype",
+         "no-command"],
+)
+def test_bad_input_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["ops", "--device", "cuda", "--quick"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA GPU" in err
+
+
+@functools.cache
+def _load_gpu_check() -> ModuleType:
+    """scripts/ is not a package: load the script by path (registered, as dataclasses need)."""
+    spec = importlib.util.spec_from_file_location("ebjdat_gpu_check", GPU_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_plan() -> None:
+    gpu_check = _load_gpu_check()
+    h100 = gpu_check.Gpu("NVIDIA H100 80GB HBM3", (9, 0))
+    assert h100.arch == "9.0" and gpu_check.slug(h100.name) == "nvidia-h100-80gb-hbm3"
+
+    def runs(steps: list) -> set[str]:
+        return {s.name for s in steps if s.run}
+
+    assert runs(gpu_check.plan(h100)) == {"build", "cuda-tests", "cuda-bench", "write-results"}
+    assert runs(gpu_check.plan(h100, skip_build=True)) == {"cuda-tests", "cuda-bench",
+                                                           "write-results"}
+    assert runs(gpu_check.plan(None)) == {"cpu-bench"}
+    assert runs(gpu_check.plan(h100, cpu_only=True, write_cpu=True)) == {"cpu-bench",
+                                                                         "write-results"}
+
+
+def test_gpu_check_goal_verdict() -> None:
+    gpu_check = _load_gpu_check()
+    copy = {"gbps": 100.0, "numel": 1 << 24}
+    rows = [
+        {"op": "a", "shape": [1 << 24], "dtype": "float32", "impl": "fused", "numel": 1 << 24,
+         "gbps": 90.0},
+        {"op": "b", "shape": [64], "dtype": "float32", "impl": "fused", "numel": 64, "gbps": 1.0},
+        {"op": "a", "shape": [1 << 24], "dtype": "float32", "impl": "eager", "numel": 1 << 24,
+         "gbps": 10.0},
+    ]
+    goal = gpu_check.bandwidth_goal({"machine": {"copy": copy}, "rows": rows})
+    assert goal["met"] is True
+    assert [c["judged"] for c in goal["cases"]] == [True, False]
+    rows[0]["gbps"] = 80.0
+    assert gpu_check.bandwidth_goal({"machine": {"copy": copy}, "rows": rows})["met"] is False
+
+
+def test_gpu_check_cpu_path(tmp_path: Path) -> None:
+    """The no-GPU path end to end (forced with --cpu-only, so a GPU machine runs it too)."""
+    proc = subprocess.run(
+        [sys.executable, str(GPU_CHECK), "--cpu-only", "--skip-build", "--quick", "--write-cpu",
+         "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "GPU parts skipped" in proc.stdout
+    (written,) = tmp_path.glob("cpu-*.json")
+    results = json.loads(written.read_text())
+    assert results["kind"] == "cpu" and results["ok"] is True
+    assert {r["impl"] for r in results["bench"]["rows"]} == {"eager", "fused"}
+    assert not any(s["run"] for s in results["steps"] if s["name"].startswith(("build", "cuda")))
