@@ -1,0 +1,245 @@
+"""`ebjdat-train`: train a classifier to be accurate, robust and generative with EB-JDAT.
+
+With no arguments it trains the `digits` preset (embedded data, a few minutes on a CPU) into
+./runs/<timestamp>. Under `torchrun --nproc_per_node=N` it trains data-parallel, one replay
+buffer per process, with rank 0 writing checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+def parser() -> argparse.ArgumentParser:
+    from ebjdat.train import preset_names
+
+    p = argparse.ArgumentParser(
+        prog="ebjdat-train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "config precedence: preset < --config file < flags < --set overrides\n"
+            f"presets: {', '.join(preset_names())} (details: --list-presets)\n"
+            "outputs: OUT/checkpoints/{last,best}.pt, OUT/metrics.jsonl, OUT/samples/*.png, "
+            "OUT/config.toml"
+        ),
+    )
+    p.add_argument(
+        "--preset", help="named configuration (default: digits, or the one a --config file extends)"
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help='TOML file of [section] key = value settings; `extends = "PRESET"` builds on a preset',
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set sgld.steps=20 (repeatable)",
+    )
+    p.add_argument("--dataset", help="digits, cifar10, cifar100, svhn or imagefolder")
+    p.add_argument(
+        "--data-root", metavar="DIR", help="where datasets live (default: $EBJDAT_DATA or ./data)"
+    )
+    p.add_argument("--download", action="store_true", help="download missing datasets")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, exactly",
+    )
+    p.add_argument("--overwrite", action="store_true", help="delete an existing --out first")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    return p
+
+
+def _list_presets() -> None:
+    from ebjdat.train import load_preset, preset_names
+
+    for name in preset_names():
+        text = " ".join(load_preset(name).description.split())
+        print(f"{name:16s} {text}")
+
+
+def resolve_config(args: argparse.Namespace):  # noqa: ANN201 - returns ebjdat.train.Config
+    from ebjdat.train import config as C
+
+    if args.config:
+        base = C.load_preset(args.preset) if args.preset else None
+        cfg = C.load_file(args.config, base)
+        if base is None and cfg.preset == "digits" and not _extends(args.config):
+            cfg.preset = Path(args.config).stem
+    else:
+        cfg = C.load_preset(args.preset or "digits")
+    flags = {
+        "data": {
+            "dataset": args.dataset,
+            "root": args.data_root,
+            "download": True if args.download else None,
+        },
+        "train": {"epochs": args.epochs, "seed": args.seed},
+    }
+    for section, values in flags.items():
+        C.apply(cfg, {section: {k: v for k, v in values.items() if v is not None}}, source="flags")
+    for assignment in args.set:
+        C.override(cfg, assignment)
+    return cfg.validate()
+
+
+def _extends(path: str) -> bool:
+    import tomllib
+
+    try:
+        return "extends" in tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _device(name: str | None, local_rank: int) -> torch.device:
+    if name is None:
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name!r} is not a device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def _run_dir(args: argparse.Namespace, main: bool) -> Path:
+    out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.resume:
+        if not (out / "checkpoints" / "last.pt").is_file():
+            raise UsageError(f"--resume: {out}/checkpoints/last.pt does not exist")
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise UsageError(
+                f"run directory {out} exists; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        if main:
+            shutil.rmtree(out)
+    return out
+
+
+def _write_config(cfg, out: Path) -> None:  # noqa: ANN001
+    import tomli_w
+
+    tree = cfg.to_dict()
+    head = {k: tree.pop(k) for k in ("preset", "description")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(tomli_w.dumps(head | tree))
+
+
+def _distributed():  # noqa: ANN202 - (Distributed, local_rank)
+    from ebjdat.train.trainer import Distributed
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), 0
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return Distributed(dist.get_rank(), dist.get_world_size()), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _teardown(distributed) -> None:  # noqa: ANN001
+    if distributed.world_size > 1:
+        import torch.distributed as dist
+
+        gc.collect()
+        dist.barrier()  # environment.md: this order avoids the gloo teardown abort
+        dist.destroy_process_group()
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.list_presets:
+        _list_presets()
+        return 0
+    from ebjdat.data import DatasetNotFoundError
+    from ebjdat.train import ConfigError, Trainer, TrainingStopped
+    from ebjdat.train.checkpoint import CheckpointError, load
+
+    distributed, local_rank = _distributed()
+    try:
+        device = _device(args.device, local_rank)
+        out = _run_dir(args, distributed.main)
+        if args.resume:
+            from ebjdat.train.config import apply, from_dict
+
+            cfg = from_dict(load(out / "checkpoints" / "last.pt")["config"])
+            if args.epochs is not None:
+                apply(cfg, {"train": {"epochs": args.epochs}}, source="--epochs")
+            cfg.validate()
+        else:
+            cfg = resolve_config(args)
+            if distributed.main:
+                _write_config(cfg, out)
+        trainer = Trainer(
+            cfg, out, device=device, distributed=distributed, progress_bar=not args.no_progress
+        )
+        if args.resume:
+            trainer.resume()
+        if distributed.main:
+            print(f"training preset {cfg.preset!r} on {cfg.data.dataset} ({device}) into {out}")
+        last = trainer.fit()
+        del trainer
+        if distributed.main and last:
+            best = max((r.get(cfg.train.select_metric, 0.0) for r in [last]), default=0.0)
+            print(
+                f"done: {out} (last {cfg.train.select_metric} {best:.4f}; best model in "
+                f"{out / 'checkpoints' / 'best.pt'})"
+            )
+        return 0
+    except (UsageError, ConfigError, DatasetNotFoundError, CheckpointError) as err:
+        print(f"ebjdat-train: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingStopped as err:
+        print(f"ebjdat-train: stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "ebjdat-train: interrupted; continue with --resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        _teardown(distributed)
+
+
+def main() -> None:
+    raise SystemExit(run())
+
+
+if __name__ == "__main__":
+    main()

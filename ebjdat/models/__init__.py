@@ -1,0 +1,26 @@
+"""Models: the JEM Wide-ResNet and the JEM energy wrapper ([0, 1] public inputs)."""
+
+from __future__ import annotations
+
+from .jem import (
+    JEM,
+    bn_eval,
+    build_model,
+    frozen_bn_stats,
+    parse_arch,
+    restore_bn_momentum,
+    set_bn_momentum,
+)
+from .wideresnet import WideBasic, WideResNet
+
+__all__ = [
+    "JEM",
+    "WideBasic",
+    "WideResNet",
+    "bn_eval",
+    "build_model",
+    "frozen_bn_stats",
+    "parse_arch",
+    "restore_bn_momentum",
+    "set_bn_momentum",
+]

@@ -1,0 +1,16 @@
+"""Sampling from the energy model: replay buffer, class-Gaussian init, SGLD (internal [-1, 1])."""
+
+from __future__ import annotations
+
+from .buffer import ReplayBuffer
+from .gaussians import ClassGaussians
+from .sgld import SGLDSampler, log_density_grad, model_mode, sgld
+
+__all__ = [
+    "ClassGaussians",
+    "ReplayBuffer",
+    "SGLDSampler",
+    "log_density_grad",
+    "model_mode",
+    "sgld",
+]

@@ -1,0 +1,220 @@
+"""SGLD in the model's internal [-1, 1] image range: one sampler for JEM, JEM++ and SADA-JEM.
+
+Each step ascends log p(z) = -E(z) = logsumexp(logits) (or log p(z, y) = logits[y] when y is
+given) through the fused `ebjdat.ops.sgld_step_`:
+
+    z <- clamp(z + step_size * clip(grad, +-grad_clip) + noise_std * N(0, 1), *clamp)
+
+JEM++'s PYLD/YOPO sampler is not implemented separately: with conv1 linear, its 5 inner steps of
+0.2 * clip(dH/dx) equal one step of 1.0 * clip(d LSE/dx) (method.md section 2), so the presets
+`jempp()` and `sadajem()` are the same sampler; tests/test_sampling.py proves the equivalence
+against a literal YOPO implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+from torch import nn
+
+from ebjdat import ops
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .buffer import ReplayBuffer
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+F = TypeVar("F", bound=Callable[..., object])
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool | None) -> Iterator[nn.Module]:
+    """Put the whole model in train (BatchNorm batch statistics) or eval (running statistics)
+    mode for the block, then restore every submodule's own previous flag.
+
+    The official code calls f.train()/f.eval() on the whole model and leaves it in train mode
+    afterwards; restoring the exact previous flags instead makes samplers safe to call from
+    evaluation code too. train=None leaves the modes alone.
+    """
+    if train is None:
+        yield model
+        return
+    saved = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def internal_logits_fn(model: nn.Module, logits_fn: LogitsFn | None = None) -> LogitsFn:
+    """The map from internal [-1, 1] images to logits: `logits_fn` if given, else
+    `model.logits_internal` (the JEM wrapper's contract). Plain `model(x)` is never used
+    because public models take [0, 1] images."""
+    if logits_fn is not None:
+        return logits_fn
+    fn = getattr(model, "logits_internal", None)
+    if fn is None:
+        raise TypeError(
+            f"{type(model).__name__} has no logits_internal(z) for [-1, 1] inputs; "
+            "pass logits_fn= explicitly"
+        )
+    return fn
+
+
+@contextlib.contextmanager
+def grad_mode() -> Iterator[None]:
+    """Input gradients even when the caller runs under torch.no_grad / inference_mode."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def outside_inference_mode(fn: F) -> F:
+    """Run a sampler with inference mode off, so that it also works when called under
+    torch.inference_mode (evaluation code): tensors it creates are normal tensors that autograd
+    accepts. Samplers clone their inputs first, which turns inference-tensor inputs into normal
+    ones."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def log_density_grad(
+    logits_fn: LogitsFn, z: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """d/dz of sum_i log p(z_i) (unnormalised): sum logsumexp(logits), or sum logits[y] with y.
+
+    Only the input gradient is requested (torch.autograd.grad wrt z), so parameter .grad fields
+    are never written and the engine skips the weight-gradient kernels.
+    """
+    with grad_mode():
+        zr = z.detach().requires_grad_(True)
+        out = ops.energy_head(logits_fn(zr), y)
+        energy = out.energy if y is None else out.cond_energy
+        (grad,) = torch.autograd.grad(-energy.sum(), zr)
+    return grad
+
+
+@outside_inference_mode
+def sgld(
+    model: nn.Module,
+    z0: torch.Tensor,
+    *,
+    steps: int,
+    step_size: float,
+    noise_std: float = 0.0,
+    grad_clip: float | None = None,
+    clamp: tuple[float | None, float | None] | None = (-1.0, 1.0),
+    bn_train: bool | None = None,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    logits_fn: LogitsFn | None = None,
+) -> torch.Tensor:
+    """Run `steps` SGLD steps from z0 (internal [-1, 1] images) and return the samples.
+
+    bn_train: True runs the model in train mode (batch statistics, running stats updated, as
+    JEM++/SADA-JEM do), False in eval mode (JEM), None leaves the mode as it is; the previous
+    mode is restored afterwards either way. y gives class-conditional sampling from p(z, y).
+    z0 is not modified; the result is a new tensor that does not require grad.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    fn = internal_logits_fn(model, logits_fn)
+    z = z0.detach().clone()
+    y = None if y is None else y.clone()
+    with model_mode(model, bn_train):
+        for _ in range(steps):
+            grad = log_density_grad(fn, z, y)
+            with torch.no_grad():
+                ops.sgld_step_(
+                    z,
+                    grad,
+                    step_size=step_size,
+                    grad_clip=grad_clip,
+                    noise_std=noise_std,
+                    clamp=clamp,
+                    generator=generator,
+                )
+    return z
+
+
+@dataclass(frozen=True)
+class SGLDSampler:
+    """SGLD settings as one value; the presets are the official variants' samplers
+    (method.md section 2 table)."""
+
+    steps: int = 10
+    step_size: float = 1.0
+    noise_std: float = 0.0
+    grad_clip: float | None = 1.0
+    clamp: tuple[float | None, float | None] | None = (-1.0, 1.0)
+    bn_train: bool | None = True
+
+    @classmethod
+    def jem(cls) -> SGLDSampler:
+        """JEM: 10 steps of z += 1.0 * grad + 0.01 * N(0, I); no clip, no clamp, eval mode."""
+        return cls(
+            steps=10, step_size=1.0, noise_std=0.01, grad_clip=None, clamp=None, bn_train=False
+        )
+
+    @classmethod
+    def sadajem(cls) -> SGLDSampler:
+        """SADA-JEM: 10 noise-free steps of z = clamp(z + clip(grad, +-1), -1, 1), train mode."""
+        return cls(
+            steps=10, step_size=1.0, noise_std=0.0, grad_clip=1.0, clamp=(-1.0, 1.0), bn_train=True
+        )
+
+    @classmethod
+    def jempp(cls) -> SGLDSampler:
+        """JEM++ PYLD (10 outer x 5 inner x 0.2, eps 1): identical to `sadajem()` because conv1
+        is linear (method.md section 2)."""
+        return cls.sadajem()
+
+    def __call__(
+        self,
+        model: nn.Module,
+        z0: torch.Tensor,
+        *,
+        y: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        logits_fn: LogitsFn | None = None,
+    ) -> torch.Tensor:
+        return sgld(
+            model,
+            z0,
+            steps=self.steps,
+            step_size=self.step_size,
+            noise_std=self.noise_std,
+            grad_clip=self.grad_clip,
+            clamp=self.clamp,
+            bn_train=self.bn_train,
+            y=y,
+            generator=generator,
+            logits_fn=logits_fn,
+        )
+
+    def sample_buffer(
+        self,
+        model: nn.Module,
+        buffer: ReplayBuffer,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        logits_fn: LogitsFn | None = None,
+    ) -> torch.Tensor:
+        """Persistent-chain sampling: draw from the buffer, run SGLD, write the chains back.
+        The noise uses `generator`, else the buffer's own generator (reproducible resumes)."""
+        z0, idx = buffer.sample(batch_size)
+        gen = buffer.generator if generator is None else generator
+        z = self(model, z0, generator=gen, logits_fn=logits_fn)
+        buffer.update(idx, z)
+        return z

@@ -1,0 +1,566 @@
+"""The EB-JDAT training loop: samplers, loss, optimiser, evaluation on the validation split,
+checkpoints that hold everything, exact resume, and a divergence guard that rolls back.
+
+One iteration (method.md §1.6): draw positives x+ and a labelled batch (x, y); run SGLD from the
+replay buffer (x_q); run the adversarial sampler on (x, y) (x_adv); take one optimiser step on
+the EB-JDAT loss (SAM: two passes on the same samples, BN running statistics frozen in the second).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ebjdat.attacks import AdvSamplerConfig, adversarial_samples, pgd_attack
+from ebjdat.data import Augment, TensorLoader, dataset_info, load_split_tensors
+from ebjdat.models import JEM, build_model, frozen_bn_stats
+from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
+
+from . import checkpoint
+from .config import Config, from_dict
+from .losses import Forward, LossTerms, eb_jdat_loss, needs
+from .sam import SAM
+from .schedule import learning_rate
+
+
+class Diverged(RuntimeError):
+    """A non-finite or exploding loss or buffer energy in one iteration."""
+
+
+class TrainingStopped(RuntimeError):
+    """Divergence persisted through every allowed retry; the last good checkpoint is intact."""
+
+
+@dataclass
+class Progress:
+    """Counters and history that a checkpoint carries besides the tensors."""
+
+    epoch: int = 0  # completed epochs
+    iteration: int = 0  # completed iterations, over all epochs
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float = -math.inf
+    lr_scale: float = 1.0
+    retries: int = 0
+    seed: int = 0  # the current sampler seed (changed by a rollback)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _device_generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        out_dir: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        distributed: Distributed | None = None,
+        log: Callable[[str], None] = print,
+        progress_bar: bool = True,
+    ) -> None:
+        self.cfg = config.validate()
+        self.out = Path(out_dir)
+        self.device = torch.device(device)
+        self.dist = distributed or Distributed()
+        self.log = log if self.dist.main else (lambda msg: None)
+        self.progress_bar = progress_bar and self.dist.main
+        self.state = Progress(seed=self.cfg.train.seed)
+        self.need = needs(self.cfg.loss, self.cfg.adv.enabled)
+        torch.manual_seed(self.cfg.train.seed)
+        random.seed(self.cfg.train.seed)
+
+        d = self.cfg.data
+        root = d.root or None
+        size = d.image_size or None
+        self.info = dataset_info(d.dataset, root, image_size=size)
+        train_x, train_y = load_split_tensors(d.dataset, "train", root, d.download, size)
+        self.val_x, self.val_y = load_split_tensors(d.dataset, "val", root, d.download, size)
+        self.image_shape = tuple(train_x.shape[1:])
+        m = self.cfg.model
+        self.model: JEM = build_model(
+            m.arch,
+            num_classes=self.info.num_classes,
+            in_channels=self.image_shape[0],
+            image_size=self.image_shape[-1],
+            norm=None if m.norm == "none" else m.norm,
+            bn_momentum=m.bn_momentum,
+            dropout=m.dropout,
+        ).to(self.device)
+        self._sync_parameters()
+
+        def augment(on: bool, noise: bool) -> Augment:
+            return Augment(
+                pad=d.augment_pad if on else 0,
+                flip=d.augment_flip and on,
+                noise_std=d.noise_std if noise else 0.0,
+            )
+
+        rank_seed = self.cfg.train.seed * 1000 + self.dist.rank
+        self.labelled = TensorLoader(
+            train_x,
+            train_y,
+            d.labelled_batch_size,
+            device=self.device,
+            generator=_device_generator(self.device, rank_seed + 1),
+            augment=augment(True, d.noise_labelled),
+        )
+        self.positives = TensorLoader(
+            train_x,
+            train_y,
+            d.batch_size,
+            device=self.device,
+            generator=_device_generator(self.device, rank_seed + 2),
+            augment=augment(d.augment_positives, d.noise_positives),
+        )
+        self._positive_batches = iter(self.positives)
+        self.buffer: ReplayBuffer | None = None
+        if self.need["samples"]:
+            s = self.cfg.sgld
+            gaussians = None
+            if s.init == "gaussian":
+                images = JEM.to_internal(
+                    train_x.float() / 255 if train_x.dtype == torch.uint8 else train_x
+                )
+                gaussians = ClassGaussians().fit(images, train_y, self.info.num_classes)
+            self.buffer = ReplayBuffer(
+                s.buffer_size,
+                self.image_shape,
+                device=self.device,
+                init=s.init,
+                gaussians=gaussians,
+                reinit_freq=s.reinit_freq,
+                generator=_device_generator(self.device, rank_seed + 3),
+            )
+        self.generator = _device_generator(self.device, rank_seed + 4)  # sampler noise, starts
+        self.optimizer = self._optimizer()
+        a = self.cfg.adv
+        self.adv_cfg = AdvSamplerConfig(
+            objective=a.objective,
+            perception_loss=a.perception_loss,
+            project=a.project,
+            eps=a.eps,
+            step_size=a.step_size,
+            steps=a.steps,
+            random_start=a.random_start,
+        )
+        self._resumed = False
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.ckpt_dir = self.out / "checkpoints"
+        self._writer = self._tensorboard()
+
+    # ---- construction helpers ----------------------------------------------------------------
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        params = self.model.parameters()
+        if o.name == "adam":
+            return torch.optim.Adam(
+                params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+            )
+        sgd = dict(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        if o.name == "sam":
+            return SAM(params, torch.optim.SGD, rho=o.sam_rho, adaptive=o.sam_adaptive, **sgd)
+        return torch.optim.SGD(params, **sgd)
+
+    def _tensorboard(self) -> Any:
+        if not self.dist.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _sync_parameters(self, buffers_only: bool = False) -> None:
+        """Every rank takes rank 0's weights (at the start) or BN statistics (before each
+        evaluation, so that every rank evaluates, and checkpoints, the same model)."""
+        if self.dist.world_size > 1:
+            tensors = list(self.model.buffers())
+            if not buffers_only:
+                tensors += list(self.model.parameters())
+            for t in tensors:
+                dist.broadcast(t.data, src=0)
+
+    # ---- one iteration -----------------------------------------------------------------------
+
+    def _next_positives(self) -> torch.Tensor:
+        try:
+            x, _ = next(self._positive_batches)
+        except StopIteration:
+            self._positive_batches = iter(self.positives)
+            x, _ = next(self._positive_batches)
+        return x
+
+    def _samples(self) -> torch.Tensor:
+        s = self.cfg.sgld
+        z0, idx = self.buffer.sample(self.cfg.data.batch_size)
+        z = sgld(
+            self.model,
+            z0,
+            steps=s.steps,
+            step_size=s.step_size,
+            noise_std=s.noise_std,
+            grad_clip=s.grad_clip,
+            clamp=(-1.0, 1.0) if s.clamp else None,
+            bn_train=s.bn_train,
+            generator=self.generator,
+        )
+        self.buffer.update(idx, z)
+        return z
+
+    def _forward(self, z_pos, z_q, z_lab, z_adv) -> Forward:  # noqa: ANN001
+        self.model.train()
+        f = self.model.logits_internal
+        return Forward(
+            positives=f(z_pos) if z_pos is not None else None,
+            samples=f(z_q) if z_q is not None else None,
+            labelled=f(z_lab) if z_lab is not None else None,
+            adversarial=f(z_adv) if z_adv is not None else None,
+        )
+
+    def _backward(self, terms: LossTerms) -> None:
+        terms.total.backward()
+        if self.dist.world_size > 1:  # data parallel: average gradients over ranks
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.dist.world_size
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def _check(self, terms: LossTerms) -> None:
+        t = self.cfg.train
+        values = torch.stack(
+            [terms.total.detach()]
+            + [e.detach() for e in (terms.e_q, terms.e_pos, terms.e_adv) if e is not None]
+        )
+        bad = (
+            (~torch.isfinite(values)).any()
+            | (values[0].abs() > t.max_loss)
+            | (values[1:].abs() > t.max_energy).any()
+        )
+        if self.dist.world_size > 1:
+            flag = bad.float()
+            dist.all_reduce(flag)
+            bad = flag > 0
+        if bool(bad):
+            raise Diverged(
+                f"loss {values[0].item():.4g}, energies "
+                f"{[round(v, 3) for v in values[1:].tolist()]} at iteration {self.state.iteration}"
+            )
+
+    def train_step(self, x_pos: torch.Tensor, x_lab: torch.Tensor, y: torch.Tensor) -> LossTerms:
+        lr = learning_rate(
+            self.cfg.optim, self.state.iteration, self.state.epoch, self.state.lr_scale
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        need = self.need
+        z_pos = JEM.to_internal(x_pos) if need["positives"] else None
+        z_lab = JEM.to_internal(x_lab)
+        z_q = self._samples() if need["samples"] else None
+        z_adv = None
+        if need["adversarial"]:
+            z_adv = adversarial_samples(
+                self.model, z_lab, y, self.adv_cfg, generator=self.generator
+            )
+        z_lab_fwd = z_lab if need["labelled"] else None
+
+        def loss() -> LossTerms:
+            return eb_jdat_loss(
+                self.cfg.loss, self._forward(z_pos, z_q, z_lab_fwd, z_adv), y, self.cfg.adv.enabled
+            )
+
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = loss()
+        self._check(terms)
+        self._backward(terms)
+        if isinstance(self.optimizer, SAM):
+            self.optimizer.first_step()
+            self.optimizer.zero_grad(set_to_none=True)
+            with frozen_bn_stats(self.model):
+                self._backward(loss())
+            self.optimizer.second_step()
+        else:
+            self.optimizer.step()
+        self.state.iteration += 1
+        return terms
+
+    # ---- evaluation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _accuracy(self, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+        self.model.eval()
+        correct = 0
+        for i in range(0, len(x), batch):
+            xb = x[i : i + batch].to(self.device)
+            xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
+            correct += (self.model(xb).argmax(1) == y[i : i + batch].to(self.device)).sum().item()
+        return correct / max(1, len(x))
+
+    def evaluate(self) -> dict[str, float]:
+        """Clean accuracy on the validation split and PGD accuracy on its first eval_limit
+        examples (L-inf, eval_eps, eval_steps, step 2.5 eps / steps, random start)."""
+        t = self.cfg.train
+        out = {"val_acc": self._accuracy(self.val_x, self.val_y)}
+        n = min(t.eval_limit, len(self.val_x))
+        if n > 0 and t.eval_steps > 0:
+            x = self.val_x[:n].to(self.device)
+            x = x.float() / 255 if x.dtype == torch.uint8 else x
+            y = self.val_y[:n].to(self.device)
+            self.model.eval()
+            x_adv = pgd_attack(
+                self.model,
+                x,
+                y,
+                eps=t.eval_eps,
+                step_size=2.5 * t.eval_eps / t.eval_steps,
+                steps=t.eval_steps,
+                generator=_device_generator(self.device, 12345),
+            )
+            out["val_robust_acc"] = self._accuracy(x_adv, y)
+        return out
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def _local_state(self) -> dict[str, Any]:
+        """What differs between ranks: loaders, buffer, generators."""
+        return {
+            "labelled": self.labelled.state_dict(),
+            "positives": self.positives.state_dict(),
+            "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": list(random.getstate()[1]),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        local = self._local_state()
+        if self.dist.world_size > 1:
+            gathered: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, local)
+            ranks = gathered
+        else:
+            ranks = [local]
+        p = self.state
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "model_config": self.model.config,
+            "optimizer": self.optimizer.state_dict(),
+            "progress": {
+                "epoch": p.epoch,
+                "iteration": p.iteration,
+                "best": p.best,
+                "lr_scale": p.lr_scale,
+                "retries": p.retries,
+                "seed": p.seed,
+            },
+            "history": p.history,
+            "ranks": ranks,
+            "world_size": self.dist.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        p = state["progress"]
+        self.state = Progress(
+            epoch=int(p["epoch"]),
+            iteration=int(p["iteration"]),
+            history=list(state["history"]),
+            best=float(p["best"]),
+            lr_scale=float(p["lr_scale"]),
+            retries=int(p["retries"]),
+            seed=int(p["seed"]),
+        )
+        ranks = state["ranks"]
+        if len(ranks) != self.dist.world_size:
+            self.log(
+                f"checkpoint is from {len(ranks)} processes, this run has "
+                f"{self.dist.world_size}: loaders, buffer and RNG restart from fresh seeds"
+            )
+            return
+        local = ranks[self.dist.rank]
+        self.labelled.load_state_dict(local["labelled"])
+        self.positives.load_state_dict(local["positives"])
+        self._positive_batches = iter(self.positives)
+        if self.buffer is not None and local["buffer"] is not None:
+            self.buffer.load_state_dict(local["buffer"])
+        self.generator.set_state(local["generator"])
+        torch.set_rng_state(local["torch_rng"])
+        if local["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(local["cuda_rng"])
+        random.setstate((3, tuple(local["python_rng"]), None))
+
+    def save(self, *names: str) -> None:
+        state = self.state_dict()  # every rank takes part in the gather
+        if self.dist.main:
+            for name in names:
+                checkpoint.save(self.ckpt_dir / name, state)
+
+    def resume(self) -> None:
+        state = checkpoint.load(self.ckpt_dir / "last.pt", map_location=self.device)
+        saved = from_dict(state["config"])
+        if saved.to_dict() != self.cfg.to_dict():
+            changed = [
+                f"{section}.{key}"
+                for section, values in saved.to_dict().items()
+                if isinstance(values, dict)
+                for key, value in values.items()
+                if self.cfg.to_dict()[section][key] != value
+            ]
+            self.log(f"resuming with a changed config: {', '.join(changed) or 'metadata'}")
+        self.load_state_dict(state)
+        self._resumed = True
+        self.log(
+            f"resumed from {self.ckpt_dir / 'last.pt'} at epoch {self.state.epoch}, "
+            f"iteration {self.state.iteration}"
+        )
+
+    def _rollback(self, reason: Diverged) -> None:
+        """Back to the last good checkpoint with a lower learning rate and a fresh seed."""
+        retries = self.state.retries + 1
+        scale = self.state.lr_scale * self.cfg.train.retry_lr_factor
+        if retries > self.cfg.train.max_retries:
+            raise TrainingStopped(
+                f"training diverged ({reason}) and {self.cfg.train.max_retries} rollbacks did not "
+                f"help; the last good checkpoint is {self.ckpt_dir / 'last.pt'}"
+            )
+        state = checkpoint.load(self.ckpt_dir / "last.pt", map_location=self.device)
+        self.load_state_dict(state)
+        self.state.retries, self.state.lr_scale = retries, scale
+        self.state.seed = self.cfg.train.seed + 7919 * retries
+        self.generator.manual_seed(self.state.seed * 1000 + self.dist.rank + 4)
+        self.log(
+            f"divergence: {reason}; rolled back to epoch {self.state.epoch}, iteration "
+            f"{self.state.iteration}, learning-rate scale {scale:g}, seed {self.state.seed} "
+            f"(retry {retries}/{self.cfg.train.max_retries})"
+        )
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def _save_samples(self) -> None:
+        if self.buffer is None or not self.dist.main or self.cfg.train.sample_grid <= 0:
+            return
+        from torchvision.utils import save_image
+
+        n = min(self.cfg.train.sample_grid, self.buffer.size)
+        grid = JEM.from_internal(self.buffer.buffer[:n].float()).clamp(0, 1).cpu()
+        path = self.out / "samples" / f"epoch_{self.state.epoch:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path, nrow=int(math.sqrt(n)) or 1, padding=1)
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.state.history.append(row)
+        if not self.dist.main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self._writer.add_scalar(key, value, row["epoch"])
+            self._writer.flush()
+
+    def _run_epoch(self) -> dict[str, float]:
+        from tqdm import tqdm
+
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(
+            total=len(self.labelled),
+            initial=self.labelled.position,
+            desc=f"epoch {self.state.epoch + 1}/{self.cfg.train.epochs}",
+            disable=not self.progress_bar,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        every = self.cfg.train.checkpoint_every_iters
+        for x_lab, y in self.labelled:
+            terms = self.train_step(self._next_positives(), x_lab, y)
+            values = {
+                k: getattr(terms, k)
+                for k in ("total", "px", "ce", "align", "ce_adv", "e_pos", "e_q", "e_adv")
+            }
+            for k, v in values.items():
+                if v is not None:
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            count += 1
+            bar.update(1)
+            bar.set_postfix(
+                {
+                    k: f"{sums[k] / count:.3g}"
+                    for k in ("total", "ce", "e_pos", "e_q", "e_adv")
+                    if k in sums
+                }
+            )
+            if every and self.state.iteration % every == 0:
+                self.save("last.pt")
+        bar.close()
+        return {
+            ("train_loss" if k == "total" else f"train_{k}"): v / max(count, 1)
+            for k, v in sums.items()
+        }
+
+    def fit(self) -> dict[str, Any]:
+        """Trains to cfg.train.epochs and returns the last metrics row."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self._resumed:
+            self.save("last.pt")  # the first good state a rollback can return to
+        self._save_samples()
+        while self.state.epoch < self.cfg.train.epochs:
+            start = time.perf_counter()
+            try:
+                train = self._run_epoch()
+            except Diverged as err:
+                self._rollback(err)
+                continue
+            self.state.epoch += 1
+            row: dict[str, Any] = {
+                "epoch": self.state.epoch,
+                "iteration": self.state.iteration,
+                **train,
+            }
+            self._sync_parameters(buffers_only=True)
+            row.update(self.evaluate())
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["time_s"] = round(time.perf_counter() - start, 2)
+            self._record(row)
+            metric = row.get(self.cfg.train.select_metric, row.get("val_acc", -math.inf))
+            improved = metric > self.state.best
+            if improved:
+                self.state.best = metric
+            self.save("last.pt", *(["best.pt"] if improved else []))
+            self._save_samples()
+            self.log(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                )
+            )
+        if self._writer is not None:
+            self._writer.close()
+        return self.state.history[-1] if self.state.history else {}

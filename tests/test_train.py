@@ -1,0 +1,312 @@
+"""Training: config and presets, the loss against hand computation, checkpoints, a short digits
+run, bit-exact resume after kill -9, divergence rollback, CLI errors and a 2-process DDP run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebjdat.train import checkpoint, config, losses
+from ebjdat.train.checkpoint import CheckpointError
+from ebjdat.train.config import ConfigError
+from ebjdat.train.trainer import Trainer, TrainingStopped
+
+# A digits run small enough for the suite: seconds per epoch.
+TINY = [
+    "model.arch=wrn-10-1",
+    "sgld.buffer_size=128",
+    "sgld.steps=3",
+    "adv.steps=2",
+    "train.eval_limit=64",
+    "train.eval_steps=3",
+    "optim.warmup_iters=0",
+    "optim.lr=0.003",
+    "data.batch_size=32",
+    "data.labelled_batch_size=32",
+    "train.sample_grid=16",
+]
+
+
+def tiny_config(*extra: str, preset: str = "digits") -> config.Config:
+    cfg = config.load_preset(preset)
+    for assignment in (*TINY, *extra):
+        config.override(cfg, assignment)
+    return cfg.validate()
+
+
+def test_every_preset_loads_and_validates() -> None:
+    names = config.preset_names()
+    assert {
+        "digits",
+        "digits-jem",
+        "digits-pgd-at",
+        "ebjdat-jempp",
+        "ebjdat-sadajem",
+        "ebjdat-jem",
+        "jem",
+        "pgd-at",
+        "official",
+    } <= set(names)
+    for name in names:
+        cfg = config.load_preset(name).validate()
+        assert cfg.description
+        assert config.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    official = config.load_preset("official")
+    assert not official.adv.project and official.adv.objective == "logit"
+    assert official.adv.perception_loss and official.loss.align_positives == "unpaired"
+    assert official.adv.eps == pytest.approx(4 / 255)  # 8/255 in [-1, 1] units
+    sound = config.load_preset("ebjdat-jempp")
+    assert sound.adv.project and sound.loss.align_positives == "paired"
+    assert config.load_preset("ebjdat-sadajem").optim.name == "sam"
+    assert config.load_preset("digits-pgd-at").loss.w_px == 0
+    assert not config.load_preset("digits-jem").adv.enabled
+
+
+def test_overrides_and_errors_name_the_key(tmp_path: Path) -> None:
+    cfg = config.load_preset("digits")
+    config.override(cfg, "sgld.grad_clip=none")
+    config.override(cfg, "optim.decay_epochs=[3, 5]")
+    config.override(cfg, "adv.project=false")
+    assert cfg.sgld.grad_clip is None and cfg.optim.decay_epochs == [3, 5]
+    assert cfg.adv.project is False
+    for bad, message in [
+        ("sgld.steps=many", "sgld.steps: cannot use 'many' as int"),
+        ("sgld.nope=1", "unknown key sgld.nope"),
+        ("nosection.x=1", "unknown section"),
+        ("steps", "must look like section.key=value"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config.override(config.load_preset("digits"), bad)
+    with pytest.raises(ConfigError, match="adv.objective must be one of"):
+        config.override(config.load_preset("digits"), "adv.objective=energy").validate()
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        config.load_preset("nope")
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text('extends = "digits"\n[sgld]\nstepz = 3\n')
+    with pytest.raises(ConfigError, match="bad.toml: unknown key sgld.stepz"):
+        config.load_file(bad_file)
+    bad_file.write_text("[sgld\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load_file(bad_file)
+
+
+def test_loss_terms_against_hand_computation() -> None:
+    g = torch.Generator().manual_seed(0)
+    pos, q, lab, adv = (torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    y = torch.tensor([0, 1, 2, 3, 0])
+
+    def energy(logits: torch.Tensor) -> torch.Tensor:
+        return -torch.logsumexp(logits, 1)
+
+    def ce(logits: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    for positives in ("paired", "unpaired"):
+        cfg = config.LossConfig(
+            w_px=0.7, w_ce=1.3, w_align=0.2, w_ce_adv=0.9, align_positives=positives
+        )
+        terms = losses.eb_jdat_loss(cfg, losses.Forward(pos, q, lab, adv), y, True)
+        align_pos = energy(lab) if positives == "paired" else energy(pos)
+        want = (
+            0.7 * (energy(pos).mean() - energy(q).mean())
+            + 1.3 * ce(lab)
+            + 0.2 * (align_pos.mean() - energy(adv).mean())
+            + 0.9 * ce(adv)
+        )
+        torch.testing.assert_close(terms.total, want)
+    need = losses.needs(config.LossConfig(w_px=0, w_ce=0, w_align=0, w_ce_adv=1), True)
+    assert need == {
+        "samples": False,
+        "adversarial": True,
+        "positives": False,
+        "labelled": False,
+        "align": False,
+        "ce_adv": True,
+    }
+
+
+def test_checkpoint_is_atomic_and_safe(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    checkpoint.save(path, {"w": torch.arange(3), "meta": {"epoch": 2, "seeds": [1, 2]}})
+    state = checkpoint.load(path)
+    assert torch.equal(state["w"], torch.arange(3)) and state["meta"]["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="corrupt or not an ebjdat checkpoint"):
+        checkpoint.load(path)
+    torch.save({"format": "something else"}, path)
+    with pytest.raises(CheckpointError, match="not an ebjdat checkpoint"):
+        checkpoint.load(path)
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": checkpoint.FORMAT, "version": 1, "x": Evil()}, path)
+    with pytest.raises(CheckpointError):
+        checkpoint.load(path)  # weights_only refuses to unpickle it
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_short_digits_run_learns(tmp_path: Path) -> None:
+    trainer = Trainer(
+        tiny_config("train.epochs=3"), tmp_path, progress_bar=False, log=lambda m: None
+    )
+    before = trainer.evaluate()["val_acc"]
+    last = trainer.fit()
+    assert last["val_acc"] > max(0.5, before + 0.3), (before, last)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert {"train_loss", "val_acc", "val_robust_acc", "train_e_q", "lr"} <= set(rows[-1])
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir())[-1] == "epoch_0003.png"
+
+
+def test_divergence_rolls_back_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN injected into one iteration's loss: rollback to the last good checkpoint, lower
+    learning rate, fresh seed, training completes. A NaN every time: stop after max_retries,
+    with the last good checkpoint intact."""
+    real = losses.eb_jdat_loss
+    poisoned = {"once_at": 45, "always": False}  # epoch 2 (39 iterations per epoch)
+    logs: list[str] = []
+
+    def poison(cfg, fwd, y, adv):  # noqa: ANN001, ANN202
+        terms = real(cfg, fwd, y, adv)
+        if trainer.state.iteration == poisoned["once_at"] or poisoned["always"]:
+            poisoned["once_at"] = -1
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr("ebjdat.train.trainer.eb_jdat_loss", poison)
+    trainer = Trainer(tiny_config("train.epochs=2"), tmp_path, progress_bar=False, log=logs.append)
+    trainer.fit()
+    assert trainer.state.epoch == 2 and trainer.state.retries == 1
+    assert trainer.state.lr_scale == pytest.approx(0.5)
+    assert any("divergence" in m and "rolled back to epoch 1" in m for m in logs), logs
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+    good = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    poisoned["always"] = True
+    trainer.cfg.train.epochs = 3
+    with pytest.raises(TrainingStopped, match="rollbacks did not help"):
+        trainer.fit()
+    after = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert after["progress"]["epoch"] == good["progress"]["epoch"] == 2
+    assert all(torch.equal(after["model"][k], v) for k, v in good["model"].items())
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
+    return subprocess.run(
+        [sys.executable, "-m", "ebjdat.cli.train", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kw,
+    )
+
+
+def _sets(*extra: str) -> list[str]:
+    return [arg for a in (*TINY, *extra) for arg in ("--set", a)]
+
+
+def test_resume_after_kill_is_bit_exact(tmp_path: Path) -> None:
+    args = [*_sets("train.checkpoint_every_iters=7", "train.eval_limit=0"), "--epochs", "2"]
+    full = _cli("--out", str(tmp_path / "full"), *args)
+    assert full.returncode == 0, full.stderr
+    # Kill -9 once a mid-epoch checkpoint exists, then resume.
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ebjdat.cli.train", "--no-progress", "--out", str(out), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if last.is_file() and checkpoint.load(last)["progress"]["iteration"] >= 7:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = checkpoint.load(last)["progress"]["iteration"]
+    assert 0 < resumed_from < 2 * 43  # it died mid-run
+    again = _cli("--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr
+    a = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = checkpoint.load(last)
+    assert a["progress"]["iteration"] == b["progress"]["iteration"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert torch.equal(a["ranks"][0]["buffer"]["buffer"], b["ranks"][0]["buffer"]["buffer"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--set", "sgld.steps=lots"], "sgld.steps: cannot use 'lots' as int"),
+        (["--dataset", "cifar10", "--data-root", "{tmp}/nodata"], "CIFAR-10 not found"),
+        (
+            ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"],
+            "--device",
+        ),
+        (["--resume"], "last.pt does not exist"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = _cli("--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ebjdat-train: error:"), result.stderr
+    assert message in lines[0]
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("precious")
+    result = _cli("--out", str(tmp_path / "run"), *_sets("train.epochs=1"))
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (tmp_path / "run" / "keep.txt").read_text() == "precious"
+
+
+def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "ebjdat.cli.train",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "ddp"),
+            *_sets("train.epochs=1", "train.eval_limit=32"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # rank 0 alone logs
+    state = checkpoint.load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    buffers = [r["buffer"]["buffer"] for r in state["ranks"]]
+    assert not torch.equal(buffers[0], buffers[1])  # one replay buffer per rank
