@@ -310,3 +310,34 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     buffers = [r["buffer"]["buffer"] for r in state["ranks"]]
     assert not torch.equal(buffers[0], buffers[1])  # one replay buffer per rank
+
+
+def test_sam_steps_match_hand_computation() -> None:
+    """ASAM on f(w) = sum(w^2): e = rho * w^2 g / || |w| g ||, then SGD with the gradient at
+    w + e, applied from w."""
+    from ebjdat.train.sam import SAM
+
+    w0 = torch.tensor([1.0, -2.0, 0.5])
+    w = torch.nn.Parameter(w0.clone())
+    opt = SAM([w], torch.optim.SGD, rho=0.5, adaptive=True, lr=0.1)
+    (w * w).sum().backward()
+    opt.first_step()
+    g = 2 * w0
+    e = 0.5 * w0**2 * g / (w0.abs() * g).norm()
+    torch.testing.assert_close(w.detach(), w0 + e)
+    opt.zero_grad()
+    (w * w).sum().backward()
+    opt.second_step()
+    torch.testing.assert_close(w.detach(), w0 - 0.1 * 2 * (w0 + e))
+
+
+def test_load_classifier_from_a_checkpoint(tmp_path: Path) -> None:
+    import ebjdat
+
+    trainer = Trainer(tiny_config("train.epochs=0"), tmp_path, progress_bar=False,
+                      log=lambda m: None)
+    trainer.fit()
+    model = ebjdat.load_classifier(str(tmp_path / "checkpoints" / "last.pt"))
+    assert not model.training
+    x = trainer.val_x[:5]
+    torch.testing.assert_close(model(x), trainer.model.eval()(x))

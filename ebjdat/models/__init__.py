@@ -11,6 +11,7 @@ from .jem import (
     restore_bn_momentum,
     set_bn_momentum,
 )
+from .loading import load_classifier, load_model
 from .wideresnet import WideBasic, WideResNet
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "bn_eval",
     "build_model",
     "frozen_bn_stats",
+    "load_classifier",
+    "load_model",
     "parse_arch",
     "restore_bn_momentum",
     "set_bn_momentum",
