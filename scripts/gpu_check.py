@@ -229,6 +229,23 @@ def bench_ops(device: str, workdir: Path, *, quick: bool, dtypes: Sequence[str],
     return info
 
 
+def bench_step(device: str, workdir: Path, *, quick: bool) -> dict:
+    """ebjdat-bench step (official reference vs ebjdat, one training iteration), fresh process.
+    On a GPU: WRN-28-10 at batch 64, the issue's target; --quick: the tiny smoke case."""
+    out = workdir / f"step-{device}.json"
+    cmd = [sys.executable, "-m", "ebjdat.cli.bench", "step", "--device", device, "--json",
+           str(out)]
+    cmd += ["--quick"] if quick else ["--models", "wrn-10-2", "wrn-28-10", "--repeats", "3"]
+    rc, tail, seconds = run_logged(cmd)
+    info: dict = {"ok": rc == 0 and out.exists(), "rc": rc, "seconds": round(seconds, 1),
+                  "command": " ".join(cmd[2:])}
+    if info["ok"]:
+        info.update(json.loads(out.read_text()))
+    else:
+        info["log_tail"] = tail
+    return info
+
+
 def bandwidth_goal(bench: dict) -> dict:
     """Each fused op's GB/s as a fraction of copy bandwidth, judged at >= GOAL_NUMEL elements."""
     copy = bench.get("machine", {}).get("copy")
@@ -335,10 +352,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{GOAL_NUMEL} elements")
                 results["goal"] = bandwidth_goal(results["bench"])
                 print_goal(results["goal"])
+            _banner("training-iteration benchmark on cuda")
+            results["step"] = bench_step("cuda", workdir, quick=args.quick)
+            ok = ok and results["step"]["ok"]
         if "cpu-bench" in todo:
             _banner("quick CPU op benchmark")
             results["bench"] = bench_ops("cpu", workdir, quick=True, dtypes=["float32"], sizes=())
             ok = ok and results["bench"]["ok"]
+            _banner("quick CPU training-iteration benchmark")
+            results["step"] = bench_step("cpu", workdir, quick=True)
+            ok = ok and results["step"]["ok"]
     skipped = [s for s in steps if not s.run and s.name.startswith(("build", "cuda"))]
     if skipped:
         print("\nGPU parts skipped: " + "; ".join(f"{s.name} ({s.why})" for s in skipped))

@@ -155,3 +155,18 @@ def test_gpu_check_cpu_path(tmp_path: Path) -> None:
     assert results["kind"] == "cpu" and results["ok"] is True
     assert {r["impl"] for r in results["bench"]["rows"]} == {"eager", "fused"}
     assert not any(s["run"] for s in results["steps"] if s["name"].startswith(("build", "cuda")))
+
+
+def test_step_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ebjdat-bench step --quick` runs both implementations and writes the design.md rows."""
+    out = tmp_path / "step.json"
+    assert main(["step", "--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [r["impl"] for r in rows] == ["official", "ebjdat"]
+    for row in rows:
+        assert row["model"] == "wrn-10-1" and row["batch"] == 4 and row["median_s"] > 0
+        assert set(row["phases"]) == {"sgld", "adversarial", "loss_forward", "loss_backward",
+                                      "optimizer"}
+        assert row["flops"] > 0
+    assert "x official" in capsys.readouterr().out

@@ -68,7 +68,7 @@ def test_dataset_errors_and_info() -> None:
         get_dataset("digits", "validation")
     with pytest.raises(ValueError, match="image_size"):
         get_dataset("digits", "train", image_size=32)
-    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "svhn", "imagefolder"}
+    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic"}
     info = dataset_info("digits")
     assert (info.num_classes, info.channels, info.image_size) == (10, 1, 8)
     assert dataset_info("cifar100").num_classes == 100
@@ -346,3 +346,14 @@ def test_loader_digits_float_images_with_augment() -> None:
     x, y = next(iter(loader))
     assert x.shape == (64, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
     assert y.dtype == torch.int64 and len(loader) == len(labels) // 64
+
+
+def test_synthetic_is_cifar_shaped_and_fixed() -> None:
+    from ebjdat.data import dataset_info, load_split_tensors
+
+    a, la = load_split_tensors("synthetic", "train")
+    b, lb = load_split_tensors("synthetic", "train")
+    assert a.shape == (1024, 3, 32, 32) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert dataset_info("synthetic").num_classes == 10
+    assert not torch.equal(load_split_tensors("synthetic", "val")[0][:5], a[:5])

@@ -1,6 +1,8 @@
-"""ebjdat-bench: microbenchmarks of the fused ops against eager and torch.compile PyTorch.
+"""ebjdat-bench: microbenchmarks of the fused ops against eager and torch.compile PyTorch, and
+of one training iteration against a faithful reference of the official loop.
 
     ebjdat-bench ops [--device D] [--json FILE] [--quick] [--dtype ...] [--no-compile]
+    ebjdat-bench step [--device D] [--json FILE] [--quick] [--models ...] [--batch B]
 
 prints one table line per (op, shape, dtype) as it finishes and, with --json, writes
 {"machine": {...}, "rows": [...]} (one row per implementation; see ebjdat.benchmarks.ops).
@@ -68,8 +70,16 @@ def _json_path(value: str | None) -> Path | None:
 # -- table --------------------------------------------------------------------------------------
 
 _COLUMNS = (  # (title, width)
-    ("op", 14), ("shape", 15), ("dtype", 8), ("eager ms", 10), ("compile ms", 10),
-    ("fused ms", 10), ("fused GB/s", 10), ("% copy", 6), ("x eager", 8), ("x compile", 9),
+    ("op", 14),
+    ("shape", 15),
+    ("dtype", 8),
+    ("eager ms", 10),
+    ("compile ms", 10),
+    ("fused ms", 10),
+    ("fused GB/s", 10),
+    ("% copy", 6),
+    ("x eager", 8),
+    ("x compile", 9),
     ("backend", 9),
 )
 
@@ -103,11 +113,21 @@ def table_row(result: CaseResult, copy_gbps: float | None) -> str:
     fused_gbps = result.gbps("fused")
     frac = fused_gbps / copy_gbps * 100 if fused_gbps is not None and copy_gbps else None
     case = result.case
-    return _line([
-        case.op, case.shape_str, case.dtype_str, ms("eager"), ms("compile"), ms("fused"),
-        _num(fused_gbps, ".3g"), _num(frac, ".0f"), _num(result.speedup("eager"), ".2f"),
-        _num(result.speedup("compile"), ".2f"), result.backend,
-    ])
+    return _line(
+        [
+            case.op,
+            case.shape_str,
+            case.dtype_str,
+            ms("eager"),
+            ms("compile"),
+            ms("fused"),
+            _num(fused_gbps, ".3g"),
+            _num(frac, ".0f"),
+            _num(result.speedup("eager"), ".2f"),
+            _num(result.speedup("compile"), ".2f"),
+            result.backend,
+        ]
+    )
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -127,15 +147,17 @@ def run_ops(args: argparse.Namespace) -> int:
     json_path = _json_path(args.json)
     compile_ = (not args.quick) if args.compile is None else args.compile
     impls = [impl for impl in bench_ops.IMPLS if impl != "compile" or compile_]
-    min_run_time = args.min_run_time if args.min_run_time is not None else (
-        0.01 if args.quick else 0.2
+    min_run_time = (
+        args.min_run_time if args.min_run_time is not None else (0.01 if args.quick else 0.2)
     )
     dtypes = [bench_ops.DTYPES[name] for name in dict.fromkeys(args.dtype)]
     case_list = bench_ops.cases(args.sizes, dtypes, args.ops or bench_ops.OPS, quick=args.quick)
 
     machine = machine_info(device)
     machine.update(
-        quick=args.quick, min_run_time=min_run_time, impls=impls,
+        quick=args.quick,
+        min_run_time=min_run_time,
+        impls=impls,
         sizes=["quick"] if args.quick else args.sizes,
     )
     copy = None
@@ -145,12 +167,17 @@ def run_ops(args: argparse.Namespace) -> int:
         machine["copy"] = copy
     copy_gbps = copy["gbps"] if copy else None
 
-    print(f"{PROG} ops on {device} ({machine['device_name']}), torch {torch.__version__}, "
-          f"{machine['torch_threads']} threads, min_run_time {min_run_time:g}s")
+    print(
+        f"{PROG} ops on {device} ({machine['device_name']}), torch {torch.__version__}, "
+        f"{machine['torch_threads']} threads, min_run_time {min_run_time:g}s"
+    )
     load = machine["load_avg"]
     if device.type == "cpu" and load and load[0] > 0.5 * (machine["cpu_count"] or 1):
-        print(f"warning: load average {load[0]:.1f} on {machine['cpu_count']} cores: other "
-              "processes inflate CPU timings, eager ones most", file=sys.stderr)
+        print(
+            f"warning: load average {load[0]:.1f} on {machine['cpu_count']} cores: other "
+            "processes inflate CPU timings, eager ones most",
+            file=sys.stderr,
+        )
     if copy is not None:
         print(f"copy bandwidth (float32 x{copy['numel']}): {copy['gbps']:.3g} GB/s")
     print(table_header(), flush=True)
@@ -164,8 +191,70 @@ def run_ops(args: argparse.Namespace) -> int:
         del result
     for message in errors:
         print(f"warning: {message}", file=sys.stderr)
-    print("speedups are t_eager / t_fused and t_compile / t_fused from this run; GB/s counts "
-          "the bytes each op must move (see ebjdat.benchmarks.ops)")
+    print(
+        "speedups are t_eager / t_fused and t_compile / t_fused from this run; GB/s counts "
+        "the bytes each op must move (see ebjdat.benchmarks.ops)"
+    )
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return 0
+
+
+def run_step(args: argparse.Namespace) -> int:
+    from ebjdat.benchmarks import machine_info
+    from ebjdat.benchmarks import step as bench_step
+
+    device = resolve_device(args.device)
+    json_path = _json_path(args.json)
+    if args.batch < 2:
+        raise UsageError("--batch must be >= 2 (the official sampler works in chunks of 2)")
+    models = ["wrn-10-1"] if args.quick else args.models
+    batch = 4 if args.quick else args.batch
+    repeats = 1 if args.quick else args.repeats
+    machine = machine_info(device)
+    machine.update(quick=args.quick, repeats=repeats, preset="official")
+    print(
+        f"{PROG} step on {device} ({machine['device_name']}), preset 'official', "
+        f"batch {batch}, median of {repeats}"
+    )
+    rows: list[dict] = []
+    phases = bench_step.PHASES
+    print(
+        _line(
+            [
+                "model",
+                "impl",
+                "median s",
+                *[f"{p} s" for p in phases],
+                "GFLOP",
+                "TFLOP/s",
+                "x official",
+            ]
+        )
+    )
+    for model in models:
+        results = bench_step.run_step(
+            model, batch, device, repeats=repeats, overrides=args.set or []
+        )
+        base = results[0].median_s
+        for r in results:
+            print(
+                _line(
+                    [
+                        model,
+                        r.impl,
+                        f"{r.median_s:.3f}",
+                        *[f"{r.phases[p]:.3f}" for p in phases],
+                        f"{r.flops / 1e9:.1f}",
+                        f"{r.tflops:.4f}",
+                        f"{base / r.median_s:.2f}",
+                    ]
+                ),
+                flush=True,
+            )
+            rows.append(r.row())
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
@@ -195,50 +284,106 @@ def build_parser() -> argparse.ArgumentParser:
         "replay buffer); 'large' = 2**24-element cases for the GPU bandwidth goal.",
     )
     ops_parser.add_argument(
-        "--device", default=default_device(),
+        "--device",
+        default=default_device(),
         help="cpu, cuda or cuda:N (default: cuda when available, else cpu; here %(default)s)",
     )
     ops_parser.add_argument(
-        "--json", metavar="FILE",
+        "--json",
+        metavar="FILE",
         help='also write {"machine": {...}, "rows": [...]} to FILE (one row per op, shape, '
         "dtype and impl)",
     )
     ops_parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="smoke test: one tiny shape per op, very short timing, no torch.compile unless "
         "--compile is given; the numbers mean nothing",
     )
     ops_parser.add_argument(
-        "--dtype", nargs="+", default=["float32"], choices=list(bench_ops.DTYPES),
+        "--dtype",
+        nargs="+",
+        default=["float32"],
+        choices=list(bench_ops.DTYPES),
         help="input dtype(s) (default: float32)",
     )
     ops_parser.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="include the torch.compile implementation (default: yes, except with --quick); "
         "--no-compile skips it, which saves minutes of compilation on a CPU",
     )
     ops_parser.add_argument(
-        "--sizes", nargs="+", default=["training", "buffer"], choices=list(bench_ops.SIZE_SETS),
+        "--sizes",
+        nargs="+",
+        default=["training", "buffer"],
+        choices=list(bench_ops.SIZE_SETS),
         help="shape sets to run (default: training buffer)",
     )
     ops_parser.add_argument(
-        "--ops", nargs="+", choices=list(bench_ops.OPS), metavar="OP",
+        "--ops",
+        nargs="+",
+        choices=list(bench_ops.OPS),
+        metavar="OP",
         help=f"only these ops (default: all of {', '.join(bench_ops.OPS)})",
     )
     ops_parser.add_argument(
-        "--min-run-time", type=float, metavar="S",
+        "--min-run-time",
+        type=float,
+        metavar="S",
         help="seconds of timing per implementation and case (default: 0.2, or 0.01 with --quick)",
     )
     ops_parser.add_argument(
-        "--no-copy", action="store_true",
+        "--no-copy",
+        action="store_true",
         help="skip the float32 copy-bandwidth reference (2**24 elements) and the '%% copy' column",
     )
     ops_parser.add_argument(
-        "--threads", type=int, metavar="N",
+        "--threads",
+        type=int,
+        metavar="N",
         help="torch intra-op threads for CPU runs (default: torch's choice, "
         f"{torch.get_num_threads()} here)",
     )
     ops_parser.set_defaults(func=run_ops)
+
+    step_parser = commands.add_parser(
+        "step",
+        help="time one training iteration: the official loop's reference vs ebjdat",
+        description="Time one EB-JDAT-JEM++ iteration (preset 'official', CIFAR-shaped synthetic "
+        "data) two ways from the same initial weights and batches: 'official', a faithful eager "
+        "re-implementation of the official code (micro-batches of 2, clean logits recomputed, "
+        "PYLD, unfused updates), and 'ebjdat' (the trainer). Prints the median time, a "
+        "per-phase breakdown, FLOPs counted once per implementation and the ratio.",
+    )
+    step_parser.add_argument(
+        "--device", default=default_device(), help="cpu, cuda or cuda:N (default: %(default)s)"
+    )
+    step_parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["wrn-10-2", "wrn-16-4"],
+        metavar="ARCH",
+        help="architectures (default: wrn-10-2 wrn-16-4)",
+    )
+    step_parser.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    step_parser.add_argument(
+        "--repeats", type=int, default=5, help="timed iterations per implementation (default: 5)"
+    )
+    step_parser.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="config override for the ebjdat side (repeatable)",
+    )
+    step_parser.add_argument("--json", metavar="FILE", help='also write {"machine", "rows"}')
+    step_parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: wrn-10-1, batch 4, one repeat; numbers mean nothing",
+    )
+    step_parser.set_defaults(func=run_step)
     return parser
 
 

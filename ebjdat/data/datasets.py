@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic")
 SPLITS = ("train", "val", "test")
 
 SPLIT_SEED = 20240917  # fixed: the val hold-out and the digits split must never change
@@ -359,6 +359,20 @@ def _imagefolder(split: str, root: Path, image_size: int) -> ImageFolderDataset:
     return ImageFolderDataset(paths, labels, classes, image_size)
 
 
+SYNTHETIC_SIZES = {"train": 1024, "val": 256, "test": 256}
+
+
+def _synthetic(split: str) -> TensorImageDataset:
+    """CIFAR-shaped random images (3x32x32 uint8, 10 classes), fixed per split: a stand-in with
+    no files, for benchmarks and tests that need CIFAR's shapes, never for results."""
+    seed = {"train": 0, "val": 1, "test": 2}[split]
+    g = torch.Generator().manual_seed(seed)
+    n = SYNTHETIC_SIZES[split]
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % 10
+    return TensorImageDataset(images, labels)
+
+
 # ---- public ----------------------------------------------------------------------------------
 
 
@@ -396,6 +410,8 @@ def get_dataset(
         )
     if name == "digits":
         return _digits(split)
+    if name == "synthetic":
+        return _synthetic(split)
     return _torchvision(
         name, split, default_root() if root is None else Path(root).expanduser(), download
     )
@@ -414,6 +430,8 @@ def dataset_info(
         return DatasetInfo("cifar100", 100, 3, 32)
     if name == "svhn":
         return DatasetInfo("svhn", 10, 3, 32, tuple(str(i) for i in range(10)))
+    if name == "synthetic":
+        return DatasetInfo("synthetic", 10, 3, 32, tuple(str(i) for i in range(10)))
     if root is None:
         raise ValueError("dataset_info('imagefolder') needs root= to count the classes")
     classes = _folder_classes(Path(root).expanduser())

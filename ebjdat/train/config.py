@@ -17,6 +17,8 @@ from typing import Any
 
 import tomllib
 
+from ebjdat.data.datasets import DATASETS
+
 NONE = "none"  # TOML has no null: "none" stands for an absent optional value
 
 
@@ -133,7 +135,7 @@ class Config:
         _choice(
             "data.dataset",
             self.data.dataset,
-            ("digits", "cifar10", "cifar100", "svhn", "imagefolder"),
+            DATASETS,
         )
         _choice("model.norm", self.model.norm, ("batch", "none"))
         _choice("sgld.init", self.sgld.init, ("gaussian", "uniform"))

@@ -38,6 +38,8 @@ class LossTerms:
     e_pos: torch.Tensor | None  # mean energies, for logs and divergence checks
     e_q: torch.Tensor | None
     e_adv: torch.Tensor | None
+    acc: torch.Tensor | None = None  # accuracy on the labelled batch (for logs)
+    acc_adv: torch.Tensor | None = None  # ... and on its adversarial samples
 
 
 def needs(cfg: LossConfig, adv_enabled: bool) -> dict[str, bool]:
@@ -81,4 +83,9 @@ def eb_jdat_loss(cfg: LossConfig, fwd: Forward, y: torch.Tensor, adv_enabled: bo
         if need["ce_adv"]:
             ce_adv = adv.ce.mean()
             total = total + cfg.w_ce_adv * ce_adv
-    return LossTerms(total, px, ce, align, ce_adv, e_pos, e_q, e_adv)
+    with torch.no_grad():
+        acc = (fwd.labelled.argmax(1) == y).float().mean() if fwd.labelled is not None else None
+        acc_adv = (
+            (fwd.adversarial.argmax(1) == y).float().mean() if fwd.adversarial is not None else None
+        )
+    return LossTerms(total, px, ce, align, ce_adv, e_pos, e_q, e_adv, acc, acc_adv)

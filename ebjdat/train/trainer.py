@@ -8,11 +8,12 @@ the EB-JDAT loss (SAM: two passes on the same samples, BN running statistics fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,32 @@ from .config import Config, from_dict
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
 from .schedule import learning_rate
+
+
+class PhaseTimer:
+    """Wall-clock time per phase of an iteration (device-synchronised), for benchmarks."""
+
+    def __init__(self, enabled: bool = True, device: torch.device | None = None) -> None:
+        self.enabled = enabled
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 class Diverged(RuntimeError):
@@ -228,16 +255,6 @@ class Trainer:
         self.buffer.update(idx, z)
         return z
 
-    def _forward(self, z_pos, z_q, z_lab, z_adv) -> Forward:  # noqa: ANN001
-        self.model.train()
-        f = self.model.logits_internal
-        return Forward(
-            positives=f(z_pos) if z_pos is not None else None,
-            samples=f(z_q) if z_q is not None else None,
-            labelled=f(z_lab) if z_lab is not None else None,
-            adversarial=f(z_adv) if z_adv is not None else None,
-        )
-
     def _backward(self, terms: LossTerms) -> None:
         terms.total.backward()
         if self.dist.world_size > 1:  # data parallel: average gradients over ranks
@@ -271,7 +288,18 @@ class Trainer:
                 f"{[round(v, 3) for v in values[1:].tolist()]} at iteration {self.state.iteration}"
             )
 
-    def train_step(self, x_pos: torch.Tensor, x_lab: torch.Tensor, y: torch.Tensor) -> LossTerms:
+    def train_step(
+        self,
+        x_pos: torch.Tensor,
+        x_lab: torch.Tensor,
+        y: torch.Tensor,
+        timer: PhaseTimer | None = None,
+    ) -> LossTerms:
+        """One optimiser step. The forwards run in the official order (positives, SGLD, samples,
+        labelled, adversarial sampling, adversarial), so BatchNorm running statistics, which the
+        eval-mode adversarial sampler reads, evolve exactly as in the official code, but no input
+        is forwarded twice."""
+        phase = timer or PhaseTimer(enabled=False)
         lr = learning_rate(
             self.cfg.optim, self.state.iteration, self.state.epoch, self.state.lr_scale
         )
@@ -279,32 +307,47 @@ class Trainer:
             group["lr"] = lr
         need = self.need
         z_pos = JEM.to_internal(x_pos) if need["positives"] else None
-        z_lab = JEM.to_internal(x_lab)
-        z_q = self._samples() if need["samples"] else None
-        z_adv = None
-        if need["adversarial"]:
-            z_adv = adversarial_samples(
-                self.model, z_lab, y, self.adv_cfg, generator=self.generator
-            )
-        z_lab_fwd = z_lab if need["labelled"] else None
-
-        def loss() -> LossTerms:
-            return eb_jdat_loss(
-                self.cfg.loss, self._forward(z_pos, z_q, z_lab_fwd, z_adv), y, self.cfg.adv.enabled
-            )
-
+        z_lab = JEM.to_internal(x_lab) if need["labelled"] else None
+        f = self.model.logits_internal
         self.optimizer.zero_grad(set_to_none=True)
-        terms = loss()
-        self._check(terms)
-        self._backward(terms)
-        if isinstance(self.optimizer, SAM):
-            self.optimizer.first_step()
-            self.optimizer.zero_grad(set_to_none=True)
-            with frozen_bn_stats(self.model):
-                self._backward(loss())
-            self.optimizer.second_step()
-        else:
-            self.optimizer.step()
+        self.model.train()
+        with phase("loss_forward"):
+            logits_pos = f(z_pos) if z_pos is not None else None
+        z_q = logits_q = None
+        if need["samples"]:
+            with phase("sgld"):
+                z_q = self._samples()
+            with phase("loss_forward"):
+                logits_q = f(z_q)
+        with phase("loss_forward"):
+            logits_lab = f(z_lab) if z_lab is not None else None
+        z_adv = logits_adv = None
+        if need["adversarial"]:
+            with phase("adversarial"):
+                z_adv = adversarial_samples(
+                    self.model, JEM.to_internal(x_lab), y, self.adv_cfg, generator=self.generator
+                )
+            with phase("loss_forward"):
+                logits_adv = f(z_adv)
+        with phase("loss_forward"):
+            forward = Forward(logits_pos, logits_q, logits_lab, logits_adv)
+            terms = eb_jdat_loss(self.cfg.loss, forward, y, self.cfg.adv.enabled)
+            self._check(terms)
+        with phase("loss_backward"):
+            self._backward(terms)
+        with phase("optimizer"):
+            if isinstance(self.optimizer, SAM):
+                # The second pass: the same samples at the perturbed weights, BN stats frozen.
+                self.optimizer.first_step()
+                self.optimizer.zero_grad(set_to_none=True)
+                with frozen_bn_stats(self.model):
+                    again = Forward(
+                        *(f(z) if z is not None else None for z in (z_pos, z_q, z_lab, z_adv))
+                    )
+                    self._backward(eb_jdat_loss(self.cfg.loss, again, y, self.cfg.adv.enabled))
+                self.optimizer.second_step()
+            else:
+                self.optimizer.step()
         self.state.iteration += 1
         return terms
 
@@ -504,7 +547,18 @@ class Trainer:
             terms = self.train_step(self._next_positives(), x_lab, y)
             values = {
                 k: getattr(terms, k)
-                for k in ("total", "px", "ce", "align", "ce_adv", "e_pos", "e_q", "e_adv")
+                for k in (
+                    "total",
+                    "px",
+                    "ce",
+                    "align",
+                    "ce_adv",
+                    "e_pos",
+                    "e_q",
+                    "e_adv",
+                    "acc",
+                    "acc_adv",
+                )
             }
             for k, v in values.items():
                 if v is not None:
@@ -514,7 +568,7 @@ class Trainer:
             bar.set_postfix(
                 {
                     k: f"{sums[k] / count:.3g}"
-                    for k in ("total", "ce", "e_pos", "e_q", "e_adv")
+                    for k in ("total", "acc", "acc_adv", "e_pos", "e_q", "e_adv")
                     if k in sums
                 }
             )

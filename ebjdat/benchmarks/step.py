@@ -1,0 +1,165 @@
+"""One training iteration timed two ways on the same model, batch and preset (`official`):
+the faithful eager reference of the official loop (ebjdat.benchmarks.official) and ebjdat's
+trainer. Both start from the same weights and see the same batches; per-phase times come from
+device-synchronised wall clocks, FLOPs from torch's FLOP counter over one iteration of each."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from ebjdat.models import JEM
+from ebjdat.train import config as C
+from ebjdat.train.trainer import PhaseTimer, Trainer
+
+from .official import OfficialSettings, official_iteration
+
+PHASES = ("sgld", "adversarial", "loss_forward", "loss_backward", "optimizer")
+MODELS = ("wrn-10-2", "wrn-16-4", "wrn-28-10")
+
+
+@dataclass
+class StepResult:
+    impl: str  # "official" or "ebjdat"
+    model: str
+    batch: int
+    median_s: float
+    phases: dict[str, float]
+    flops: float
+    times_s: list[float] = field(default_factory=list)
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / self.median_s / 1e12 if self.median_s > 0 else 0.0
+
+    def row(self) -> dict:
+        return {
+            "impl": self.impl,
+            "model": self.model,
+            "batch": self.batch,
+            "median_s": self.median_s,
+            "phases": self.phases,
+            "flops": self.flops,
+            "tflops": self.tflops,
+            "times_s": self.times_s,
+        }
+
+
+def _config(model: str, batch: int, overrides: list[str]) -> C.Config:
+    cfg = C.load_preset("official")
+    for assignment in [
+        "data.dataset=synthetic",
+        f"model.arch={model}",
+        f"data.batch_size={batch}",
+        f"data.labelled_batch_size={batch}",
+        "sgld.init=uniform",
+        "train.eval_limit=0",
+        "train.sample_grid=0",
+        *overrides,
+    ]:
+        C.override(cfg, assignment)
+    return cfg.validate()
+
+
+class FlopCount(TorchDispatchMode):
+    """torch's FLOP formulas (matmuls, convolutions, their backwards) summed over everything
+    that runs inside; unlike FlopCounterMode it tracks no modules, whose hooks break the
+    autograd.grad calls that samplers make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def _median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {p: statistics.median(r.get(p, 0.0) for r in runs) for p in PHASES}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_step(
+    model: str,
+    batch: int,
+    device: torch.device,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    overrides: list[str] | None = None,
+) -> list[StepResult]:
+    """Times `repeats` iterations of each implementation after `warmup` ones."""
+    cfg = _config(model, batch, overrides or [])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, tmp, device=device, progress_bar=False, log=lambda m: None)
+    x_pos, _ = next(iter(trainer.positives))
+    x_lab, y = next(iter(trainer.labelled))
+
+    # The reference: a copy of the same initial model, its own SGD and buffer.
+    ref_model = copy.deepcopy(trainer.model)
+    o = cfg.optim
+    ref_opt = torch.optim.SGD(
+        ref_model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+    ref_buffer = trainer.buffer.buffer.clone()
+
+    def init_random(n: int) -> torch.Tensor:
+        return torch.empty(n, *ref_buffer.shape[1:], device=device).uniform_(-1, 1)
+
+    z_pos, z_lab = JEM.to_internal(x_pos), JEM.to_internal(x_lab)
+    settings = OfficialSettings()
+
+    def official(timer: PhaseTimer | None = None) -> None:
+        official_iteration(
+            ref_model,
+            ref_opt,
+            z_pos,
+            z_lab,
+            y,
+            ref_buffer,
+            init_random,
+            settings,
+            timer=timer or PhaseTimer(enabled=False),
+        )
+
+    def ebjdat(timer: PhaseTimer | None = None) -> None:
+        trainer.train_step(x_pos, x_lab, y, timer)
+
+    results = []
+    for impl, fn in (("official", official), ("ebjdat", ebjdat)):
+        for _ in range(warmup):
+            fn()
+        with FlopCount() as counter:
+            fn()
+        flops = float(counter.total)
+        times, phases = [], []
+        for _ in range(repeats):
+            timer = PhaseTimer(device=device)
+            _sync(device)
+            start = time.perf_counter()
+            fn(timer)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+            phases.append(timer.seconds)
+        results.append(
+            StepResult(
+                impl, model, batch, statistics.median(times), _median_phases(phases), flops, times
+            )
+        )
+    return results
