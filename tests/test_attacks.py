@@ -1,7 +1,7 @@
 """ebjdat.attacks: the EB-JDAT adversarial sampler (training) and PGD (evaluation).
 
 Stand-in models implement `logits_internal(z)` on [-1, 1] images; eager PyTorch references
-written here are the test oracles (torchattacks is not a dependency).
+written here are the test oracles (torchattacks is only an optional extra).
 """
 
 from __future__ import annotations

@@ -1,0 +1,355 @@
+"""`ebjdat-sample`: draw fresh samples from a trained EB-JDAT / JEM checkpoint by SGLD.
+
+Chains start from uniform noise or from per-class Gaussians fitted to the training split (the
+informative init of JEM++ / SADA-JEM) and run --steps SGLD steps (default 100) with the
+checkpoint's own sampler settings unless overridden. Unlike the replay buffer stored in the
+checkpoint, these samples are new: they show what the model generates from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EXIT_USAGE = 2
+FROM_CONFIG: Any = object()  # "flag not given": take the value from the checkpoint's config
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+# ---- helpers shared with ebjdat-eval -------------------------------------------------------------
+
+
+def optional_float(text: str) -> float | None:
+    """argparse type: a float, or none/off for "no value" (e.g. no gradient clip)."""
+    if text.strip().lower() in ("none", "off", "no"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def device_from(name: str | None) -> torch.device:
+    """--device (default: cuda when available, else cpu), checked."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name!r} is not a device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[Any, dict[str, Any], Any]:
+    """(model in eval mode, raw checkpoint state, Config); CheckpointError for anything that is
+    not a readable ebjdat checkpoint, so the CLIs can answer with one line."""
+    import ebjdat
+    from ebjdat.train.checkpoint import CheckpointError, load
+    from ebjdat.train.config import ConfigError, from_dict
+
+    state = load(path)
+    try:
+        cfg = from_dict(state["config"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise CheckpointError(f"checkpoint {path} has no usable config ({err})") from None
+    try:
+        model = ebjdat.load_model(str(path), device=str(device))
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} holds no loadable model ({first})") from None
+    return model, state, cfg
+
+
+def default_out(ckpt: str | Path, name: str) -> Path:
+    """RUN/<name> for RUN/checkpoints/x.pt (next to metrics.jsonl), else <ckpt dir>/<name>."""
+    parent = Path(ckpt).resolve().parent
+    run = parent.parent if parent.name == "checkpoints" else parent
+    return run / name
+
+
+def replay_buffer(state: dict[str, Any]) -> torch.Tensor | None:
+    """Rank 0's replay buffer ([N, C, H, W], internal [-1, 1]), or None (e.g. PGD-AT runs)."""
+    try:
+        buf = state["ranks"][0]["buffer"]["buffer"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return buf if isinstance(buf, torch.Tensor) and buf.dim() == 4 and len(buf) else None
+
+
+def _image_size(cfg: Any) -> int | None:
+    return (cfg.data.image_size or None) if cfg.data.dataset == "imagefolder" else None
+
+
+def image_shape(state: dict[str, Any], cfg: Any, root: str | None) -> tuple[int, ...]:
+    """(C, H, W) of the model's images: from the replay buffer, else from the dataset."""
+    from ebjdat.data import dataset_info
+
+    buf = replay_buffer(state)
+    if buf is not None:
+        return tuple(buf.shape[1:])
+    info = dataset_info(cfg.data.dataset, root, image_size=_image_size(cfg))
+    return (info.channels, info.image_size, info.image_size)
+
+
+def data_root(cfg: Any, flag: str | None) -> str | None:
+    return flag or (cfg.data.root or None)
+
+
+def train_images(cfg: Any, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split as float [0, 1] images and labels (for Gaussians, FID references)."""
+    from ebjdat.data import load_split_tensors, to_float01
+
+    x, y = load_split_tensors(cfg.data.dataset, "train", root, cfg.data.download, _image_size(cfg))
+    return to_float01(x), y
+
+
+def fit_gaussians(cfg: Any, root: str | None, num_classes: int) -> Any:
+    """The per-class Gaussians of the training split, as training fits them."""
+    from ebjdat.models.jem import JEM
+    from ebjdat.sampling import ClassGaussians
+
+    x, y = train_images(cfg, root)
+    return ClassGaussians().fit(JEM.to_internal(x), y, num_classes)
+
+
+def sampler_settings(cfg: Any, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """SGLD settings: flags over the checkpoint's [sgld] section (steps default 100)."""
+    s = cfg.sgld
+
+    def flag(name: str) -> Any:
+        return getattr(args, prefix + name)
+
+    return {
+        "start": flag("start") or ("class" if s.init == "gaussian" else "noise"),
+        "steps": 100 if flag("steps") is None else flag("steps"),
+        "step_size": s.step_size if flag("step_size") is None else flag("step_size"),
+        "noise_std": s.noise_std if flag("noise_std") is None else flag("noise_std"),
+        "grad_clip": s.grad_clip if flag("grad_clip") is FROM_CONFIG else flag("grad_clip"),
+        "clamp": bool(s.clamp),
+        "bn_train": bool(s.bn_train) if flag("bn_train") is None else flag("bn_train"),
+        "conditional": bool(flag("conditional")),
+        "units": "internal [-1, 1] images (as the training sampler)",
+    }
+
+
+def add_sampler_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The SGLD flags (ebjdat-eval prefixes them with gen-)."""
+    p.add_argument(
+        f"--{prefix}start",
+        choices=("noise", "class"),
+        help="chain starts: U(-1, 1) noise or the per-class Gaussians of the training "
+        "split (default: the checkpoint's buffer init)",
+    )
+    p.add_argument(
+        f"--{prefix}steps", type=int, metavar="S", help="SGLD steps per chain (default: 100)"
+    )
+    p.add_argument(
+        f"--{prefix}step-size",
+        type=float,
+        metavar="A",
+        help="SGLD step size, [-1, 1] units (default: the checkpoint's sgld.step_size)",
+    )
+    p.add_argument(
+        f"--{prefix}noise-std",
+        type=float,
+        metavar="S",
+        help="SGLD noise std (default: the checkpoint's sgld.noise_std)",
+    )
+    p.add_argument(
+        f"--{prefix}grad-clip",
+        type=optional_float,
+        default=FROM_CONFIG,
+        metavar="C",
+        help="clip gradients to +-C, or 'none' (default: the checkpoint's)",
+    )
+    p.add_argument(
+        f"--{prefix}bn-train",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="BatchNorm in train mode while sampling (default: the checkpoint's "
+        "sgld.bn_train; running statistics are restored afterwards)",
+    )
+    p.add_argument(
+        f"--{prefix}conditional",
+        action="store_true",
+        help="sample p(x, y) for the start labels instead of p(x)",
+    )
+
+
+def save_grid(x01: torch.Tensor, path: Path, nrow: int) -> Path:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(x01, path, nrow=nrow, padding=1, pad_value=1.0)
+    return path
+
+
+def error(prog: str, err: BaseException) -> int:
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ebjdat-sample",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "outputs: OUT/samples.png (class starts: one class per column), OUT/samples.json "
+            "(every setting, for the record), OUT/samples.npz with --npz (samples in [0, 1], "
+            "start labels, predicted labels, energies)"
+        ),
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by ebjdat-train")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output directory (default: RUN/fresh_samples next to the checkpoint)",
+    )
+    p.add_argument("--n", type=int, default=64, metavar="N", help="number of samples (default 64)")
+    add_sampler_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="seed for starts and noise (default 0)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        metavar="B",
+        help="chains per SGLD batch (default 500)",
+    )
+    p.add_argument("--npz", action="store_true", help="also write OUT/samples.npz")
+    p.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="where datasets live, for class starts (default: the checkpoint's, "
+        "$EBJDAT_DATA or ./data)",
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from ebjdat.data import DatasetNotFoundError
+    from ebjdat.eval.generation import draw_samples
+    from ebjdat.train.checkpoint import CheckpointError
+
+    prog = "ebjdat-sample"
+    try:
+        if args.n < 1:
+            raise UsageError(f"--n must be >= 1, got {args.n}")
+        if args.steps is not None and args.steps < 0:
+            raise UsageError(f"--steps must be >= 0, got {args.steps}")
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        device = device_from(args.device)
+        model, state, cfg = load_checkpoint(args.checkpoint, device)
+        out = Path(args.out) if args.out else default_out(args.checkpoint, "fresh_samples")
+        settings = sampler_settings(cfg, args)
+        root = data_root(cfg, args.data_root)
+        gaussians = (
+            fit_gaussians(cfg, root, model.num_classes) if settings["start"] == "class" else None
+        )
+        shape = None if gaussians is not None else image_shape(state, cfg, root)
+        generator = torch.Generator(device).manual_seed(args.seed)
+        labels = (
+            torch.arange(args.n) % model.num_classes
+            if settings["start"] == "class" or settings["conditional"]
+            else None
+        )
+        start = time.perf_counter()
+        x = draw_samples(
+            model,
+            args.n,
+            start=settings["start"],
+            steps=settings["steps"],
+            step_size=settings["step_size"],
+            noise_std=settings["noise_std"],
+            grad_clip=settings["grad_clip"],
+            clamp=settings["clamp"],
+            bn_train=settings["bn_train"],
+            conditional=settings["conditional"],
+            gaussians=gaussians,
+            labels=labels,
+            shape=shape,
+            generator=generator,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+        elapsed = time.perf_counter() - start
+        with torch.no_grad():
+            xs = x.to(device)
+            logits = torch.cat([model(xs[i : i + 500]) for i in range(0, len(xs), 500)])
+            energy = -torch.logsumexp(logits, dim=1).cpu()
+            pred = logits.argmax(dim=1).cpu()
+        nrow = (
+            model.num_classes
+            if labels is not None and model.num_classes <= 20
+            else max(1, math.ceil(math.sqrt(args.n)))
+        )
+        files = {"grid": str(save_grid(x, out / "samples.png", nrow))}
+        if args.npz:
+            import numpy as np
+
+            np.savez_compressed(
+                out / "samples.npz",
+                samples=x.numpy().astype(np.float32),
+                start_labels=(labels if labels is not None else torch.full((args.n,), -1)).numpy(),
+                predicted=pred.numpy(),
+                energy=energy.numpy(),
+            )
+            files["npz"] = str(out / "samples.npz")
+        record = {
+            "checkpoint": str(args.checkpoint),
+            "dataset": cfg.data.dataset,
+            "preset": cfg.preset,
+            "n": args.n,
+            **settings,
+            "seed": args.seed,
+            "device": str(device),
+            "batch_size": args.batch_size,
+            "grid_columns": nrow,
+            "grid_layout": "one class per column"
+            if nrow == model.num_classes and labels is not None
+            else "row-major",
+            "time_s": round(elapsed, 3),
+            "energy_mean": float(energy.mean()),
+            "predicted_class_counts": torch.bincount(pred, minlength=model.num_classes).tolist(),
+            "files": files,
+        }
+        (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.n} samples to {out} ({elapsed:.1f} s of SGLD)")
+        return 0
+    except (UsageError, CheckpointError, DatasetNotFoundError, ValueError) as err:
+        return error(prog, err)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main() -> None:
+    raise SystemExit(run())
+
+
+if __name__ == "__main__":
+    main()

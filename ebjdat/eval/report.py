@@ -1,0 +1,411 @@
+"""`report.json` and a single-file `report.html` for one evaluated checkpoint.
+
+The JSON is plain (numbers, strings, lists, dicts; non-finite floats become null) and holds only
+the metrics that were run: an absent key means "not measured", never 0. The HTML needs no
+network and no other file: figures are embedded as base64 data URIs. The evaluation protocol is
+shown at the top, and the paper protocol is flagged as non-standard, so that a number is never
+quoted without its units.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str]  # (key, label, kind, note); kind "pct" prints a percentage
+
+_SECTIONS: list[tuple[str, list[Row]]] = [
+    (
+        "Accuracy and robustness",
+        [
+            ("clean_acc", "Clean accuracy", "pct", "test split"),
+            ("pgd20_acc", "PGD-20 accuracy", "pct", "correct clean and under PGD-20"),
+            ("autoattack_acc", "AutoAttack accuracy", "pct", "correct clean and under AutoAttack"),
+            ("autoattack_version", "AutoAttack version", "str", ""),
+            ("eps", "ε (applied)", "eps", "[0, 1] pixel units"),
+            ("eps_requested", "ε (requested)", "eps", "as given on the command line"),
+            ("norm", "Norm", "str", ""),
+            ("input_noise", "Test-time noise σ", "num", "[0, 1] pixel units"),
+            ("n_examples", "Test examples", "int", "the first N of the test split"),
+        ],
+    ),
+    (
+        "Generation",
+        [
+            (
+                "fid",
+                "FID (Inception)",
+                "num",
+                "fresh SGLD samples vs the train split; lower is better",
+            ),
+            ("inception_score", "Inception Score", "num", "fresh samples; higher is better"),
+            ("kid", "KID (Inception)", "num", "fresh samples; lower is better"),
+            (
+                "fid_digits",
+                "fid_digits",
+                "num",
+                "Fréchet distance in a small digits classifier's features (not Inception FID)",
+            ),
+            (
+                "fid_digits_test_split",
+                "fid_digits of real test digits",
+                "num",
+                "the same distance for held-out real digits: the floor to compare against",
+            ),
+            (
+                "buffer_fid",
+                "Buffer FID (official variant)",
+                "num",
+                "most confident replay-buffer images (method.md §6), not fresh samples",
+            ),
+            (
+                "buffer_inception_score",
+                "Buffer IS (official variant)",
+                "num",
+                "the same replay-buffer selection",
+            ),
+            (
+                "buffer_fid_digits",
+                "Buffer fid_digits (official selection)",
+                "num",
+                "most confident replay-buffer images, not fresh samples",
+            ),
+            ("n_generated", "Fresh samples", "int", ""),
+            ("n_buffer_selected", "Buffer images selected", "int", ""),
+        ],
+    ),
+    (
+        "Calibration and OOD",
+        [
+            ("ece", "ECE", "pct", "expected calibration error, 15 bins; lower is better"),
+            ("ood_auroc", "OOD AUROC (log p(x))", "num", "mean over the OOD sets; 0.5 = chance"),
+        ],
+    ),
+    (
+        "Energies",
+        [
+            ("energy_mean_clean", "Mean E(x), clean", "num", "E(x) = −logsumexp f(x)"),
+            ("energy_mean_adversarial", "Mean E(x), adversarial", "num", "PGD examples"),
+            ("energy_mean_generated", "Mean E(x), generated", "num", "fresh SGLD samples"),
+            ("energy_gap_clean_adv", "Gap E(adv) − E(clean)", "num", "signed"),
+            ("energy_gap_clean_gen", "Gap E(gen) − E(clean)", "num", "signed"),
+            ("energy_std_clean", "Std E(x), clean", "num", ""),
+            ("energy_std_adversarial", "Std E(x), adversarial", "num", ""),
+            ("energy_std_generated", "Std E(x), generated", "num", ""),
+        ],
+    ),
+]
+
+# Headline cards: (key, label, kind)
+_CARDS = [
+    ("clean_acc", "Clean", "pct"),
+    ("pgd20_acc", "PGD-20", "pct"),
+    ("autoattack_acc", "AutoAttack", "pct"),
+    ("fid", "FID", "num"),
+    ("inception_score", "IS", "num"),
+    ("fid_digits", "fid_digits", "num"),
+    ("ece", "ECE", "pct"),
+    ("ood_auroc", "OOD AUROC", "num"),
+]
+
+# The report.json order: what people look for first, then the rest as produced.
+_FIRST = [
+    "checkpoint", "dataset", "preset", "epoch", "protocol", "protocol_note", "n_examples",
+    "eps", "eps_requested", "norm", "clean_acc", "pgd20_acc", "autoattack_acc", "fid",
+    "inception_score", "kid", "fid_digits", "buffer_fid", "buffer_fid_digits", "ece",
+    "ood_auroc", "energy_gap_clean_adv", "energy_gap_clean_gen", "warnings", "notes",
+]  # fmt: skip
+_LAST = ["ood", "sanity", "settings", "timings", "created"]
+
+_FIGURE_TITLES = {
+    "samples": "Fresh SGLD samples",
+    "buffer_samples": "Replay-buffer selection scored by the official 'buffer FID'",
+    "energy": "Energy distributions (the paper's Fig. 2)",
+    "energy_histogram": "Energy distributions (the paper's Fig. 2)",
+    "reliability": "Reliability diagram",
+}
+_PGD = re.compile(r"^pgd(\d+)_acc$")
+
+_CSS = """
+*{box-sizing:border-box}
+body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;
+background:#f4f6f8;color:#1f2933;line-height:1.4}
+main{max-width:1080px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:30px 0 10px}
+.meta{color:#52606d;font-size:13px;margin-bottom:14px}
+code{background:#e4e7eb;padding:1px 5px;border-radius:3px;font-size:12.5px}
+.protocol{border-radius:8px;padding:12px 16px;margin:12px 0 16px;font-size:13.5px}
+.protocol.standard{background:#e3f9e5;border:1px solid #51ca58}
+.protocol.paper{background:#fff3c4;border:3px solid #e12d39}
+.protocol .tag{font-weight:700;font-size:15px;margin-bottom:4px}
+.protocol.paper .tag{color:#a61b1b}
+.warnings{background:#fff8e1;border:1px solid #f0b429;border-radius:8px;padding:8px 16px;
+margin-bottom:12px}
+.warnings li{margin:4px 0}.notes{color:#3e4c59;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0 4px}
+.card{background:#fff;border-radius:8px;padding:10px 16px;min-width:120px;
+box-shadow:0 1px 2px rgba(0,0,0,.08)}
+.card .v{font-size:22px;font-weight:700;font-variant-numeric:tabular-nums}
+.card .k{font-size:12px;color:#616e7c;text-transform:uppercase;letter-spacing:.04em}
+table{border-collapse:collapse;width:100%;background:#fff;border-radius:8px;overflow:hidden;
+box-shadow:0 1px 2px rgba(0,0,0,.06);margin-bottom:8px}
+th,td{padding:6px 12px;border-bottom:1px solid #e4e7eb;text-align:left;font-size:14px}
+th{background:#eef1f4;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums;font-weight:600;white-space:nowrap}
+td.note{color:#616e7c;font-size:12.5px}
+tr.group td{background:#f5f7fa;font-weight:700;color:#323f4b}
+.figs{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+figure{background:#fff;margin:0;padding:12px;border-radius:8px;flex:1 1 420px;
+box-shadow:0 1px 2px rgba(0,0,0,.06);text-align:center}
+figure.wide{flex-basis:100%}
+figure img{max-width:100%;height:auto}
+figure img.pixel{image-rendering:pixelated;width:min(100%,460px)}
+figure img.plot{width:min(100%,900px)}
+figure img.diagram{width:min(100%,460px)}
+figcaption{color:#52606d;font-size:13px;margin-top:6px}
+pre{background:#fff;padding:10px;border-radius:6px;font-size:12px;overflow:auto}
+"""
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: tensors / numpy scalars to Python, paths to str, NaN/inf to None."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f if math.isfinite(f) else None
+
+
+def _ordered(report: Mapping[str, Any]) -> dict[str, Any]:
+    first = [k for k in _FIRST if k in report]
+    last = [k for k in _LAST if k in report]
+    middle = [k for k in report if k not in first and k not in last]
+    return {k: report[k] for k in first + middle + last}
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if kind == "pct" and isinstance(value, (int, float)):
+        return f"{100 * value:.2f}%"
+    if kind == "eps" and isinstance(value, (int, float)):
+        k = value * 255
+        tail = f" = {round(k)}/255" if abs(k - round(k)) < 1e-6 and 0 < value < 1 else ""
+        return f"{value:.4g}{tail}"
+    if kind == "int" and isinstance(value, (int, float)):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _data_uri(path: Path) -> str:
+    mime = {
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".svg": "image/svg+xml",
+    }.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _protocol_box(report: Mapping[str, Any]) -> str:
+    protocol = str(report.get("protocol", "standard"))
+    note = report.get("protocol_note")
+    if protocol == "paper":
+        head = (
+            "PAPER PROTOCOL — NON-STANDARD. Reproduces the official EB-JDAT evaluation: ε applied "
+            "in [−1, 1] units (half the pixel ε), test-time noise and a reduced AutoAttack. Not "
+            "comparable to standard (RobustBench-style) robustness numbers."
+        )
+        cls = "paper"
+    else:
+        head = "Standard protocol: ε in [0, 1] pixel units, unmodified attacks, no test-time noise."
+        cls = "standard"
+    body = f"<div class='tag'>{html.escape(head)}</div>"
+    if note:
+        body += f"<div>{html.escape(str(note))}</div>"
+    return f"<div class='protocol {cls}' id='protocol' data-protocol='{cls}'>{body}</div>"
+
+
+def _cards(report: Mapping[str, Any]) -> str:
+    cards = [
+        f"<div class='card'><div class='k'>{html.escape(label)}</div>"
+        f"<div class='v'>{_fmt(report[key], kind)}</div></div>"
+        for key, label, kind in _CARDS
+        if isinstance(report.get(key), (int, float))
+    ]
+    return f"<div class='cards' id='headline'>{''.join(cards)}</div>" if cards else ""
+
+
+def _sections(report: Mapping[str, Any]) -> list[tuple[str, list[Row]]]:
+    """The fixed sections plus any other pgdK_acc in the robustness section."""
+    sections = [(title, list(rows)) for title, rows in _SECTIONS]
+    known = {r[0] for _, rows in sections for r in rows}
+    for key in report:
+        m = _PGD.match(key)
+        if m and key not in known:
+            sections[0][1].insert(2, (key, f"PGD-{m.group(1)} accuracy", "pct", ""))
+    return sections
+
+
+def _table(report: Mapping[str, Any]) -> str:
+    rows = ["<table id='metrics'><tr><th>Metric</th><th>Value</th><th>Note</th></tr>"]
+    shown: set[str] = set()
+    for title, items in _sections(report):
+        present = [it for it in items if it[0] in report]
+        if not present:
+            continue
+        rows.append(f"<tr class='group'><td colspan='3'>{html.escape(title)}</td></tr>")
+        for key, label, kind, note in present:
+            shown.add(key)
+            rows.append(
+                f"<tr><td>{html.escape(label)} <code>{html.escape(key)}</code></td>"
+                f"<td class='num'>{_fmt(report[key], kind)}</td>"
+                f"<td class='note'>{html.escape(note)}</td></tr>"
+            )
+    skip = {"protocol", "protocol_note", "checkpoint", "dataset", "preset", "created"}
+    other = [
+        k
+        for k, v in report.items()
+        if k not in shown and k not in skip and isinstance(v, (int, float, str))
+    ]
+    if other:
+        rows.append("<tr class='group'><td colspan='3'>Other</td></tr>")
+        for key in other:
+            kind = "num" if isinstance(report[key], float) else "str"
+            rows.append(
+                f"<tr><td><code>{html.escape(key)}</code></td>"
+                f"<td class='num'>{_fmt(report[key], kind)}</td><td class='note'></td></tr>"
+            )
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _ood_table(ood: Mapping[str, Any]) -> str:
+    sets = [s for s, v in ood.items() if isinstance(v, Mapping)]
+    if not sets:
+        return ""
+    scores: list[str] = []
+    for s in sets:
+        scores.extend(k for k in ood[s] if k not in scores)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in scores)
+    rows = [f"<table id='ood'><tr><th>OOD set (AUROC, higher is better)</th>{head}</tr>"]
+    for s in sets:
+        cells = "".join(f"<td class='num'>{_fmt(ood[s].get(k), 'num')}</td>" for k in scores)
+        rows.append(f"<tr><td>{html.escape(str(s))}</td>{cells}</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _figures(figures: Mapping[str, Path]) -> str:
+    order = ["samples", "buffer_samples", "energy", "energy_histogram", "reliability"]
+    names = [n for n in order if n in figures] + [n for n in figures if n not in order]
+    parts = []
+    for name in names:
+        path = Path(figures[name])
+        caption = _FIGURE_TITLES.get(name, name.replace("_", " "))
+        if not path.is_file():
+            parts.append(f"<p class='notes'>figure {html.escape(name)} is missing ({path})</p>")
+            continue
+        if "sample" in name:
+            img_cls, fig_cls = "pixel", ""
+        elif name.startswith("energy"):
+            img_cls, fig_cls = "plot", " class='wide'"
+        else:
+            img_cls, fig_cls = "diagram", ""
+        parts.append(
+            f"<figure id='fig-{html.escape(name)}'{fig_cls}><img class='{img_cls}' "
+            f"alt='{html.escape(caption)}' src='{_data_uri(path)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return f"<h2>Figures</h2><div class='figs'>{''.join(parts)}</div>" if parts else ""
+
+
+def _details(report: Mapping[str, Any]) -> str:
+    blocks = []
+    for key in ("settings", "sanity", "timings"):
+        if isinstance(report.get(key), Mapping) and report[key]:
+            text = json.dumps(_plain(report[key]), indent=2, ensure_ascii=False)
+            blocks.append(f"<h2>{key.capitalize()}</h2><pre>{html.escape(text)}</pre>")
+    return "\n".join(blocks)
+
+
+def render_html(report: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
+    """The report page as one string (see write_report)."""
+    what = " on ".join(str(report[k]) for k in ("preset", "dataset") if report.get(k))
+    title = f"ebjdat evaluation — {what}" if what else "ebjdat evaluation"
+    meta = [
+        f"{key}: <code>{html.escape(str(report[key]))}</code>"
+        for key in ("checkpoint", "epoch", "n_examples", "device", "created")
+        if report.get(key) is not None
+    ]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>{html.escape(title)}</h1><div class='meta'>{' · '.join(meta)}</div>",
+        _protocol_box(report),
+    ]
+    warnings = [str(w) for w in report.get("warnings") or []]
+    if warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        parts.append(
+            f"<div class='warnings' id='warnings'><b>Warnings ({len(warnings)})</b>"
+            f"<ul>{items}</ul></div>"
+        )
+    parts.append(_cards(report))
+    notes = [str(n) for n in report.get("notes") or []]
+    if notes:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        parts.append(f"<div class='notes' id='notes'><b>Notes</b><ul>{items}</ul></div>")
+    parts.append("<h2>Numbers</h2>")
+    parts.append(_table(report))
+    if isinstance(report.get("ood"), Mapping):
+        parts.append("<h2>Out-of-distribution detection</h2>")
+        parts.append(_ood_table(report["ood"]))
+    parts.append(_figures(figures))
+    parts.append(_details(report))
+    parts.append("</main></body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def write_report(
+    out_dir: str | Path, report: Mapping[str, Any], figures: Mapping[str, Path]
+) -> tuple[Path, Path]:
+    """Writes OUT/report.json (plain JSON of `report`, headline keys first) and OUT/report.html
+    (one self-contained page: protocol banner, warnings, headline numbers, the full table, OOD
+    table, figures embedded as data URIs, settings). Returns (json_path, html_path)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _plain(dict(report))
+    data.setdefault("created", dt.datetime.now().isoformat(timespec="seconds"))
+    data = _ordered(data)
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    html_path = out / "report.html"
+    html_path.write_text(
+        render_html(data, {k: Path(v) for k, v in figures.items()}), encoding="utf-8"
+    )
+    return json_path, html_path
