@@ -341,3 +341,27 @@ def test_load_classifier_from_a_checkpoint(tmp_path: Path) -> None:
     assert not model.training
     x = trainer.val_x[:5]
     torch.testing.assert_close(model(x), trainer.model.eval()(x))
+
+
+@pytest.mark.parametrize(
+    ("switch", "rtol"),
+    [
+        ("train.channels_last=true", 1e-5),  # the same function; float rounding only
+        ("train.autocast=bf16", 5e-2),  # bfloat16 forwards: ~8 bits of mantissa
+        ("train.compile=true", 1e-4),  # inductor reorders float arithmetic
+    ],
+)
+def test_speed_switches_keep_the_loss(tmp_path: Path, switch: str, rtol: float) -> None:
+    """The first iteration's loss, same seeds and batches, with and without each switch."""
+
+    def first_loss(*extra: str) -> float:
+        torch.manual_seed(0)
+        cfg = tiny_config("train.channels_last=false", "train.eval_limit=0", *extra)
+        trainer = Trainer(cfg, tmp_path / str(len(extra)), progress_bar=False,
+                          log=lambda m: None)
+        x_pos, _ = next(iter(trainer.positives))
+        x_lab, y = next(iter(trainer.labelled))
+        return trainer.train_step(x_pos, x_lab, y).total.item()
+
+    base = first_loss()
+    assert first_loss(switch) == pytest.approx(base, rel=rtol)

@@ -113,6 +113,12 @@ class TrainConfig:
     max_energy: float = 1e6  # |mean buffer energy| above this counts as divergence
     max_retries: int = 3
     retry_lr_factor: float = 0.5
+    # Speed switches. channels_last keeps the same function (float rounding aside); autocast
+    # "bf16" runs forwards in bfloat16 (energies and the loss stay float32): opt-in, the loss
+    # then agrees to ~1e-2 relative; compile wraps the model's forward in torch.compile.
+    channels_last: bool = True
+    autocast: str = "none"  # "none" or "bf16"
+    compile: bool = False
 
 
 @dataclass
@@ -143,6 +149,7 @@ class Config:
         _choice("loss.align_positives", self.loss.align_positives, ("paired", "unpaired"))
         _choice("optim.name", self.optim.name, ("sgd", "adam", "sam"))
         _choice("train.select_metric", self.train.select_metric, ("val_acc", "val_robust_acc"))
+        _choice("train.autocast", self.train.autocast, ("none", "bf16"))
         for key, value, low in [
             ("data.batch_size", self.data.batch_size, 1),
             ("data.labelled_batch_size", self.data.labelled_batch_size, 1),

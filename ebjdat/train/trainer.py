@@ -134,6 +134,14 @@ class Trainer:
             dropout=m.dropout,
         ).to(self.device)
         self._sync_parameters()
+        t = self.cfg.train
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        # The forward the samplers and the loss call (compiled or not); evaluation and
+        # checkpoints use self.model itself.
+        self.logits = (
+            torch.compile(self.model.logits_internal) if t.compile else self.model.logits_internal
+        )
 
         def augment(on: bool, noise: bool) -> Augment:
             return Augment(
@@ -240,10 +248,11 @@ class Trainer:
 
     def _samples(self) -> torch.Tensor:
         s = self.cfg.sgld
-        z0, idx = self.buffer.sample(self.cfg.data.batch_size)
+        with torch.autocast(self.device.type, enabled=False):  # buffer math stays float32
+            z0, idx = self.buffer.sample(self.cfg.data.batch_size)
         z = sgld(
             self.model,
-            z0,
+            z0.contiguous(memory_format=self.memory_format),
             steps=s.steps,
             step_size=s.step_size,
             noise_std=s.noise_std,
@@ -251,9 +260,16 @@ class Trainer:
             clamp=(-1.0, 1.0) if s.clamp else None,
             bn_train=s.bn_train,
             generator=self.generator,
+            logits_fn=self.logits,
         )
         self.buffer.update(idx, z)
         return z
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 forwards when asked (train.autocast = "bf16"); energies stay float32."""
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.autocast == "bf16"
+        )
 
     def _backward(self, terms: LossTerms) -> None:
         terms.total.backward()
@@ -306,33 +322,42 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         need = self.need
+        fmt = self.memory_format
+        x_pos = x_pos.contiguous(memory_format=fmt)
+        x_lab = x_lab.contiguous(memory_format=fmt)
         z_pos = JEM.to_internal(x_pos) if need["positives"] else None
         z_lab = JEM.to_internal(x_lab) if need["labelled"] else None
-        f = self.model.logits_internal
+        f = self.logits
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
-        with phase("loss_forward"):
-            logits_pos = f(z_pos) if z_pos is not None else None
-        z_q = logits_q = None
-        if need["samples"]:
-            with phase("sgld"):
-                z_q = self._samples()
+        with self._autocast():
             with phase("loss_forward"):
-                logits_q = f(z_q)
-        with phase("loss_forward"):
-            logits_lab = f(z_lab) if z_lab is not None else None
-        z_adv = logits_adv = None
-        if need["adversarial"]:
-            with phase("adversarial"):
-                z_adv = adversarial_samples(
-                    self.model, JEM.to_internal(x_lab), y, self.adv_cfg, generator=self.generator
-                )
+                logits_pos = f(z_pos) if z_pos is not None else None
+            z_q = logits_q = None
+            if need["samples"]:
+                with phase("sgld"):
+                    z_q = self._samples()
+                with phase("loss_forward"):
+                    logits_q = f(z_q)
             with phase("loss_forward"):
-                logits_adv = f(z_adv)
-        with phase("loss_forward"):
-            forward = Forward(logits_pos, logits_q, logits_lab, logits_adv)
-            terms = eb_jdat_loss(self.cfg.loss, forward, y, self.cfg.adv.enabled)
-            self._check(terms)
+                logits_lab = f(z_lab) if z_lab is not None else None
+            z_adv = logits_adv = None
+            if need["adversarial"]:
+                with phase("adversarial"):
+                    z_adv = adversarial_samples(
+                        self.model,
+                        JEM.to_internal(x_lab),
+                        y,
+                        self.adv_cfg,
+                        generator=self.generator,
+                        logits_fn=f,
+                    )
+                with phase("loss_forward"):
+                    logits_adv = f(z_adv)
+            with phase("loss_forward"):
+                forward = Forward(logits_pos, logits_q, logits_lab, logits_adv)
+                terms = eb_jdat_loss(self.cfg.loss, forward, y, self.cfg.adv.enabled)
+                self._check(terms)
         with phase("loss_backward"):
             self._backward(terms)
         with phase("optimizer"):
@@ -340,7 +365,7 @@ class Trainer:
                 # The second pass: the same samples at the perturbed weights, BN stats frozen.
                 self.optimizer.first_step()
                 self.optimizer.zero_grad(set_to_none=True)
-                with frozen_bn_stats(self.model):
+                with frozen_bn_stats(self.model), self._autocast():
                     again = Forward(
                         *(f(z) if z is not None else None for z in (z_pos, z_q, z_lab, z_adv))
                     )
