@@ -27,12 +27,10 @@ from typing import Any
 
 import torch
 
+from .common import EXIT_USAGE, UsageError, device_from
 from .sample import (
-    EXIT_USAGE,
-    UsageError,
     add_sampler_flags,
     data_root,
-    device_from,
     error,
     image_shape,
     load_checkpoint,

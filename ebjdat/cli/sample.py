@@ -18,12 +18,9 @@ from typing import Any
 
 import torch
 
-EXIT_USAGE = 2
+from .common import EXIT_USAGE, UsageError, device_from
+
 FROM_CONFIG: Any = object()  # "flag not given": take the value from the checkpoint's config
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
 
 
 # ---- helpers shared with ebjdat-eval -------------------------------------------------------------
@@ -37,21 +34,6 @@ def optional_float(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
-
-
-def device_from(name: str | None) -> torch.device:
-    """--device (default: cuda when available, else cpu), checked."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r} is not a device ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is visible")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
-    return device
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[Any, dict[str, Any], Any]:

@@ -17,11 +17,7 @@ from pathlib import Path
 
 import torch
 
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
+from .common import EXIT_USAGE, UsageError, device_from
 
 
 def parser() -> argparse.ArgumentParser:
@@ -115,24 +111,6 @@ def _extends(path: str) -> bool:
         return False
 
 
-def _device(name: str | None, local_rank: int) -> torch.device:
-    if name is None:
-        return (
-            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        )
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r} is not a device ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is visible")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def _run_dir(args: argparse.Namespace, main: bool) -> Path:
     out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.resume:
@@ -192,7 +170,7 @@ def run(argv: list[str] | None = None) -> int:
 
     distributed, local_rank = _distributed()
     try:
-        device = _device(args.device, local_rank)
+        device = device_from(args.device, local_rank)
         out = _run_dir(args, distributed.main)
         if args.resume:
             from ebjdat.train.config import apply, from_dict
