@@ -111,7 +111,8 @@ def _extends(path: str) -> bool:
         return False
 
 
-def _run_dir(args: argparse.Namespace, main: bool) -> Path:
+def _run_dir(args: argparse.Namespace) -> Path:
+    """The run directory, checked: an existing one is never replaced without --overwrite."""
     out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.resume:
         if not (out / "checkpoints" / "last.pt").is_file():
@@ -123,8 +124,7 @@ def _run_dir(args: argparse.Namespace, main: bool) -> Path:
                 f"run directory {out} exists; pass --resume to continue it or "
                 "--overwrite to replace it"
             )
-        if main:
-            shutil.rmtree(out)
+        shutil.rmtree(out)
     return out
 
 
@@ -150,6 +150,26 @@ def _distributed():  # noqa: ANN202 - (Distributed, local_rank)
     return Distributed(dist.get_rank(), dist.get_world_size()), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def _on_rank0(distributed, fn, errors: tuple[type[Exception], ...]):  # noqa: ANN001, ANN202
+    """fn() on rank 0 only, its result (or its usage error) shared with every rank, so that all
+    processes agree, e.g. on a timestamped run directory, or all stop on the same error."""
+    if distributed.world_size == 1:
+        return fn()
+    import torch.distributed as dist
+
+    box: list = [None]
+    if distributed.main:
+        try:
+            box[0] = ("ok", fn())
+        except errors as err:
+            box[0] = ("error", str(err))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UsageError(value)
+    return value
+
+
 def _teardown(distributed) -> None:  # noqa: ANN001
     if distributed.world_size > 1:
         import torch.distributed as dist
@@ -167,22 +187,27 @@ def run(argv: list[str] | None = None) -> int:
     from ebjdat.data import DatasetNotFoundError
     from ebjdat.train import ConfigError, Trainer, TrainingStopped
     from ebjdat.train.checkpoint import CheckpointError, load
+    from ebjdat.train.config import apply, from_dict
 
-    distributed, local_rank = _distributed()
-    try:
-        device = device_from(args.device, local_rank)
-        out = _run_dir(args, distributed.main)
+    def prepare() -> tuple[str, dict]:
+        """The run directory and config: checked, created and written by one process only."""
+        out = _run_dir(args)
         if args.resume:
-            from ebjdat.train.config import apply, from_dict
-
             cfg = from_dict(load(out / "checkpoints" / "last.pt")["config"])
             if args.epochs is not None:
                 apply(cfg, {"train": {"epochs": args.epochs}}, source="--epochs")
             cfg.validate()
         else:
             cfg = resolve_config(args)
-            if distributed.main:
-                _write_config(cfg, out)
+            _write_config(cfg, out)
+        return str(out), cfg.to_dict()
+
+    distributed, local_rank = _distributed()
+    try:
+        device = device_from(args.device, local_rank)
+        out_name, tree = _on_rank0(distributed, prepare,
+                                   (UsageError, ConfigError, CheckpointError))
+        out, cfg = Path(out_name), from_dict(tree).validate()
         trainer = Trainer(
             cfg, out, device=device, distributed=distributed, progress_bar=not args.no_progress
         )
@@ -193,10 +218,10 @@ def run(argv: list[str] | None = None) -> int:
         last = trainer.fit()
         del trainer
         if distributed.main and last:
-            best = max((r.get(cfg.train.select_metric, 0.0) for r in [last]), default=0.0)
+            metric = cfg.train.select_metric
             print(
-                f"done: {out} (last {cfg.train.select_metric} {best:.4f}; best model in "
-                f"{out / 'checkpoints' / 'best.pt'})"
+                f"done: {out} (last epoch {metric} {last.get(metric, float('nan')):.4f}; best "
+                f"model in {out / 'checkpoints' / 'best.pt'})"
             )
         return 0
     except (UsageError, ConfigError, DatasetNotFoundError, CheckpointError) as err:
