@@ -35,6 +35,7 @@ from .sample import (
     image_shape,
     load_checkpoint,
     replay_buffer,
+    sample_with,
     sampler_settings,
     save_grid,
     train_images,
@@ -305,7 +306,7 @@ class Evaluation:
         }
 
     def generation(self) -> None:
-        from ebjdat.eval.generation import draw_samples, grid_rows
+        from ebjdat.eval.generation import grid_rows
 
         args = self.args
         settings = sampler_settings(self.cfg, args, prefix="gen_")
@@ -317,30 +318,11 @@ class Evaluation:
 
             xt, yt = self.train_split()
             gaussians = ClassGaussians().fit(JEM.to_internal(xt), yt, k)
-        labels = (
-            torch.arange(args.gen_n) % k
-            if settings["start"] == "class" or settings["conditional"]
-            else None
-        )
         shape = None if gaussians is not None else image_shape(self.state, self.cfg, self.root)
         start = time.perf_counter()
-        x_gen = draw_samples(
-            self.model,
-            args.gen_n,
-            start=settings["start"],
-            steps=settings["steps"],
-            step_size=settings["step_size"],
-            noise_std=settings["noise_std"],
-            grad_clip=settings["grad_clip"],
-            clamp=settings["clamp"],
-            bn_train=settings["bn_train"],
-            conditional=settings["conditional"],
-            gaussians=gaussians,
-            labels=labels,
-            shape=shape,
-            generator=self.generator(3),
-            batch_size=args.batch_size,
-            progress=self.progress,
+        x_gen, labels = sample_with(
+            self.model, args.gen_n, settings, gaussians=gaussians, shape=shape,
+            generator=self.generator(3), batch_size=args.batch_size, progress=self.progress,
         )
         self.report["settings"]["generation"] = {
             **settings,

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ebjdat import ops
+
 from .common import EXIT_USAGE, UsageError, device_from
 
 FROM_CONFIG: Any = object()  # "flag not given": take the value from the checkpoint's config
@@ -174,6 +176,35 @@ def add_sampler_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     )
 
 
+def sample_with(
+    model: Any,
+    n: int,
+    settings: dict[str, Any],
+    *,
+    gaussians: Any,
+    shape: tuple[int, ...] | None,
+    generator: torch.Generator,
+    batch_size: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fresh samples with the recorded sampler settings, and their labels: class-balanced when
+    the start or the chain is class-conditional, else None."""
+    from ebjdat.eval.generation import draw_samples
+
+    labels = (
+        torch.arange(n) % model.num_classes
+        if settings["start"] == "class" or settings["conditional"]
+        else None
+    )
+    keys = ("start", "steps", "step_size", "noise_std", "grad_clip", "clamp", "bn_train",
+            "conditional")
+    x = draw_samples(
+        model, n, gaussians=gaussians, labels=labels, shape=shape, generator=generator,
+        batch_size=batch_size, progress=progress, **{k: settings[k] for k in keys},
+    )
+    return x, labels
+
+
 def save_grid(x01: torch.Tensor, path: Path, nrow: int) -> Path:
     from torchvision.utils import save_image
 
@@ -233,7 +264,6 @@ def parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ebjdat.data import DatasetNotFoundError
-    from ebjdat.eval.generation import draw_samples
     from ebjdat.train.checkpoint import CheckpointError
 
     prog = "ebjdat-sample"
@@ -254,35 +284,16 @@ def run(argv: list[str] | None = None) -> int:
         )
         shape = None if gaussians is not None else image_shape(state, cfg, root)
         generator = torch.Generator(device).manual_seed(args.seed)
-        labels = (
-            torch.arange(args.n) % model.num_classes
-            if settings["start"] == "class" or settings["conditional"]
-            else None
-        )
         start = time.perf_counter()
-        x = draw_samples(
-            model,
-            args.n,
-            start=settings["start"],
-            steps=settings["steps"],
-            step_size=settings["step_size"],
-            noise_std=settings["noise_std"],
-            grad_clip=settings["grad_clip"],
-            clamp=settings["clamp"],
-            bn_train=settings["bn_train"],
-            conditional=settings["conditional"],
-            gaussians=gaussians,
-            labels=labels,
-            shape=shape,
-            generator=generator,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
+        x, labels = sample_with(
+            model, args.n, settings, gaussians=gaussians, shape=shape, generator=generator,
+            batch_size=args.batch_size, progress=not args.no_progress,
         )
         elapsed = time.perf_counter() - start
         with torch.no_grad():
             xs = x.to(device)
             logits = torch.cat([model(xs[i : i + 500]) for i in range(0, len(xs), 500)])
-            energy = -torch.logsumexp(logits, dim=1).cpu()
+            energy = ops.energy_head(logits).energy.cpu()
             pred = logits.argmax(dim=1).cpu()
         nrow = (
             model.num_classes
