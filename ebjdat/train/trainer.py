@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from ebjdat.attacks import AdvSamplerConfig, adversarial_samples, pgd_attack
-from ebjdat.data import Augment, TensorLoader, dataset_info, load_split_tensors
+from ebjdat.data import Augment, TensorLoader, dataset_info, load_split_tensors, to_float01
+from ebjdat.eval.robustness import clean_accuracy
 from ebjdat.models import JEM, build_model, frozen_bn_stats
 from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
 
@@ -174,7 +175,7 @@ class Trainer:
             gaussians = None
             if s.init == "gaussian":
                 images = JEM.to_internal(
-                    train_x.float() / 255 if train_x.dtype == torch.uint8 else train_x
+                    to_float01(train_x)
                 )
                 gaussians = ClassGaussians().fit(images, train_y, self.info.num_classes)
             self.buffer = ReplayBuffer(
@@ -326,7 +327,8 @@ class Trainer:
         x_pos = x_pos.contiguous(memory_format=fmt)
         x_lab = x_lab.contiguous(memory_format=fmt)
         z_pos = JEM.to_internal(x_pos) if need["positives"] else None
-        z_lab = JEM.to_internal(x_lab) if need["labelled"] else None
+        z_all = JEM.to_internal(x_lab)  # the adversarial sampler starts from it either way
+        z_lab = z_all if need["labelled"] else None
         f = self.logits
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
@@ -346,7 +348,7 @@ class Trainer:
                 with phase("adversarial"):
                     z_adv = adversarial_samples(
                         self.model,
-                        JEM.to_internal(x_lab),
+                        z_all,
                         y,
                         self.adv_cfg,
                         generator=self.generator,
@@ -378,27 +380,16 @@ class Trainer:
 
     # ---- evaluation ----------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def _accuracy(self, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
-        self.model.eval()
-        correct = 0
-        for i in range(0, len(x), batch):
-            xb = x[i : i + batch].to(self.device)
-            xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
-            correct += (self.model(xb).argmax(1) == y[i : i + batch].to(self.device)).sum().item()
-        return correct / max(1, len(x))
-
     def evaluate(self) -> dict[str, float]:
         """Clean accuracy on the validation split and PGD accuracy on its first eval_limit
         examples (L-inf, eval_eps, eval_steps, step 2.5 eps / steps, random start)."""
         t = self.cfg.train
-        out = {"val_acc": self._accuracy(self.val_x, self.val_y)}
+        self.model.eval()
+        out = {"val_acc": clean_accuracy(self.model, self.val_x, self.val_y)}
         n = min(t.eval_limit, len(self.val_x))
         if n > 0 and t.eval_steps > 0:
-            x = self.val_x[:n].to(self.device)
-            x = x.float() / 255 if x.dtype == torch.uint8 else x
+            x = to_float01(self.val_x[:n]).to(self.device)
             y = self.val_y[:n].to(self.device)
-            self.model.eval()
             x_adv = pgd_attack(
                 self.model,
                 x,
@@ -408,7 +399,7 @@ class Trainer:
                 steps=t.eval_steps,
                 generator=_device_generator(self.device, 12345),
             )
-            out["val_robust_acc"] = self._accuracy(x_adv, y)
+            out["val_robust_acc"] = clean_accuracy(self.model, x_adv, y)
         return out
 
     # ---- checkpoints -----------------------------------------------------------------------------
