@@ -187,3 +187,33 @@ def test_bn_eval_restores_mode() -> None:
         model(torch.rand(2, 3, 8, 8))
     torch.testing.assert_close(model.backbone.bn1.running_mean, running, atol=0, rtol=0)
     assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+@pytest.mark.parametrize("norm", ["batch", None])
+def test_in_place_activation_is_the_same_function(norm: str | None) -> None:
+    """LeakyReLU runs in place after BatchNorm only; logits, input and weight gradients equal an
+    out-of-place copy of the same model in train mode (where BN's backward is the subtle one)."""
+    torch.manual_seed(0)
+    fast = small(norm=norm)
+    slow = small(norm=norm)
+    slow.load_state_dict(fast.state_dict())
+    for m in slow.modules():
+        if isinstance(m, nn.LeakyReLU):
+            m.inplace = False
+    expect_inplace = norm == "batch"
+    assert all(
+        m.inplace == expect_inplace for m in fast.modules() if isinstance(m, nn.LeakyReLU)
+    )
+    z = torch.rand(6, 3, 8, 8) * 2 - 1
+    grads = []
+    for model in (fast, slow):
+        model.train()
+        zr = z.clone().requires_grad_(True)
+        logits = model.logits_internal(zr)
+        (logits.logsumexp(1).sum() + logits[:, 0].square().sum()).backward()
+        grads.append((logits.detach(), zr.grad, [p.grad for p in model.parameters()]))
+    (l1, g1, p1), (l2, g2, p2) = grads
+    torch.testing.assert_close(l1, l2, rtol=0, atol=0)
+    torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-7)
+    for a, b in zip(p1, p2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -137,6 +137,27 @@ def test_sgld_clamp_grads_modes_and_input_untouched() -> None:
     assert [m.training for m in model.modules()] == modes
 
 
+def test_samplers_freeze_parameters_only_while_they_run() -> None:
+    """Inside SGLD and the adversarial sampler no parameter requires grad (so a compiled model's
+    backward computes input gradients only); afterwards each flag is exactly as before, a
+    parameter frozen by the user included."""
+    from ebjdat.attacks import adversarial_samples
+
+    model = make_model()
+    model.rest[-1].bias.requires_grad_(False)
+    before = [p.requires_grad for p in model.parameters()]
+    seen: list[bool] = []
+    model.conv1.register_forward_pre_hook(
+        lambda m, _: seen.append(any(p.requires_grad for p in model.parameters()))
+    )
+    z0 = uniform(4, 1)
+    sgld(model, z0, steps=2, step_size=1.0, bn_train=True)
+    adversarial_samples(model, z0, torch.arange(4))
+    assert seen and not any(seen)
+    assert [p.requires_grad for p in model.parameters()] == before
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_sgld_under_no_grad_and_inference_mode() -> None:
     model = make_model(bn=False)
     z0 = uniform(2, 6)

@@ -24,6 +24,7 @@ from torch import nn
 from ebjdat import ops
 from ebjdat.sampling.sgld import (
     LogitsFn,
+    frozen_parameters,
     grad_mode,
     internal_logits_fn,
     model_mode,
@@ -109,7 +110,7 @@ def adversarial_samples(
     fn = internal_logits_fn(model, logits_fn)
     eps, alpha = cfg.internal()
     z, y = z.detach().clone(), y.clone()
-    with model_mode(model, False):
+    with model_mode(model, False), frozen_parameters(model):
         clean_unit = None
         if cfg.perception_loss:
             with torch.no_grad():  # constant across steps: computed once

@@ -51,12 +51,12 @@ def measure(fn: Callable[[], object], *, min_run_time: float) -> Timing:
     Timer defaults to one thread; we pass the process's thread count so CPU kernels run as they
     would in training (torch.utils.benchmark would otherwise understate parallel kernels).
     """
-    timer = tbench.Timer(
-        stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
-    )
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return Timing(
-        median_s=float(m.median), iqr_s=float(m.iqr), runs=len(m.times),
+        median_s=float(m.median),
+        iqr_s=float(m.iqr),
+        runs=len(m.times),
         calls_per_run=int(m.number_per_run),
     )
 
@@ -84,6 +84,7 @@ def machine_info(device: torch.device) -> dict:
     """Everything needed to interpret (and compare) numbers taken on this machine."""
     import ebjdat
     from ebjdat import _native, ops
+    from ebjdat.cpu_allocator import allocator_tuned
 
     _, native_reason = _native.load()
     info: dict = {
@@ -105,6 +106,8 @@ def machine_info(device: torch.device) -> dict:
         # op), so a busy machine is recorded with the numbers.
         "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "backends": {op: ops.backend(op, device) for op in ops.ops()},
+        # Process-wide, so it applies to every implementation timed in the same run.
+        "malloc_tuned": allocator_tuned(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -111,18 +111,20 @@ def run_step(
     x_pos, _ = next(iter(trainer.positives))
     x_lab, y = next(iter(trainer.labelled))
 
-    # The reference: a copy of the same initial model, its own SGD and buffer.
-    ref_model = copy.deepcopy(trainer.model)
+    # The reference: a copy of the same initial model, its own SGD and buffer, in PyTorch's
+    # default NCHW layout as the official code runs (the trainer's model may be channels_last,
+    # which is one of ebjdat's optimisations).
+    ref_model = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
     o = cfg.optim
     ref_opt = torch.optim.SGD(
         ref_model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
     )
-    ref_buffer = trainer.buffer.buffer.clone()
+    ref_buffer = trainer.buffer.buffer.clone(memory_format=torch.contiguous_format)
 
     def init_random(n: int) -> torch.Tensor:
         return torch.empty(n, *ref_buffer.shape[1:], device=device).uniform_(-1, 1)
 
-    z_pos, z_lab = JEM.to_internal(x_pos), JEM.to_internal(x_lab)
+    z_pos, z_lab = JEM.to_internal(x_pos).contiguous(), JEM.to_internal(x_lab).contiguous()
     settings = OfficialSettings()
 
     def official(timer: PhaseTimer | None = None) -> None:

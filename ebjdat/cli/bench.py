@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ebjdat.cpu_allocator import tune_cpu_allocator
+
 if TYPE_CHECKING:
     from ebjdat.benchmarks.ops import CaseResult
 
@@ -393,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage errors raise SystemExit(2) after a one-line message, as argparse's own errors do.
     """
     args = build_parser().parse_args(argv)
+    tune_cpu_allocator()
     try:
         return args.func(args)
     except UsageError as err:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ebjdat.cpu_allocator import tune_cpu_allocator
+
 from .common import EXIT_USAGE, UsageError, device_from
 from .sample import (
     add_sampler_flags,
@@ -513,6 +515,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    tune_cpu_allocator()
     raise SystemExit(run())
 
 

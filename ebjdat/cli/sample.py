@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ebjdat import ops
+from ebjdat.cpu_allocator import tune_cpu_allocator
 
 from .common import EXIT_USAGE, UsageError, device_from
 
@@ -341,6 +342,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    tune_cpu_allocator()
     raise SystemExit(run())
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ebjdat.cpu_allocator import tune_cpu_allocator
+
 from .common import EXIT_USAGE, UsageError, device_from
 
 
@@ -241,6 +243,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    tune_cpu_allocator()
     raise SystemExit(run())
 
 

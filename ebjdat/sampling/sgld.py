@@ -68,6 +68,24 @@ def internal_logits_fn(model: nn.Module, logits_fn: LogitsFn | None = None) -> L
 
 
 @contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring grad inside the block (samplers only need input gradients).
+
+    Eager autograd already skips weight-gradient kernels for torch.autograd.grad wrt the input,
+    but a torch.compile'd model does not: its backward graph is built once for every input that
+    requires grad, so without this each sampler step would also compute all weight gradients.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@contextlib.contextmanager
 def grad_mode() -> Iterator[None]:
     """Input gradients even when the caller runs under torch.no_grad / inference_mode."""
     with torch.inference_mode(False), torch.enable_grad():
@@ -131,7 +149,7 @@ def sgld(
     fn = internal_logits_fn(model, logits_fn)
     z = z0.detach().clone()
     y = None if y is None else y.clone()
-    with model_mode(model, bn_train):
+    with model_mode(model, bn_train), frozen_parameters(model):
         for _ in range(steps):
             grad = log_density_grad(fn, z, y)
             with torch.no_grad():
