@@ -236,6 +236,8 @@ def bench_step(device: str, workdir: Path, *, quick: bool) -> dict:
     cmd = [sys.executable, "-m", "ebjdat.cli.bench", "step", "--device", device, "--json",
            str(out)]
     cmd += ["--quick"] if quick else ["--models", "wrn-10-2", "wrn-28-10", "--repeats", "3"]
+    if device == "cuda":  # every GPU switch, each its own row in the same run
+        cmd += ["--variants", "default", "bf16", "cuda-graphs", "bf16-cuda-graphs"]
     rc, tail, seconds = run_logged(cmd)
     info: dict = {"ok": rc == 0 and out.exists(), "rc": rc, "seconds": round(seconds, 1),
                   "command": " ".join(cmd[2:])}

@@ -160,13 +160,24 @@ def test_gpu_check_cpu_path(tmp_path: Path) -> None:
 def test_step_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`ebjdat-bench step --quick` runs both implementations and writes the design.md rows."""
     out = tmp_path / "step.json"
-    assert main(["step", "--quick", "--json", str(out)]) == 0
+    assert main(["step", "--quick", "--variants", "default", "bf16", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     rows = data["rows"]
-    assert [r["impl"] for r in rows] == ["official", "ebjdat"]
+    assert [r["impl"] for r in rows] == ["official", "ebjdat", "ebjdat+bf16"]
+    assert data["machine"]["variants"] == ["default", "bf16"]
     for row in rows:
         assert row["model"] == "wrn-10-1" and row["batch"] == 4 and row["median_s"] > 0
         assert set(row["phases"]) == {"sgld", "adversarial", "loss_forward", "loss_backward",
                                       "optimizer"}
         assert row["flops"] > 0
     assert "x official" in capsys.readouterr().out
+
+
+def test_step_variant_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["step", "--quick", "--device", "cpu", "--variants", "cuda-graphs"])
+    assert exc.value.code == 2
+    assert "--variants cuda-graphs needs --device cuda" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["step", "--quick", "--variants", "turbo"])
+    assert exc.value.code == 2

@@ -36,10 +36,20 @@ def test_deterministic_ops_match_the_float64_reference(backend: str, dtype: torc
         out = _run(backend, ops.pgd_step, *cuda[:3], step_size=0.1, eps=0.2, norm=norm)
         want = pgd_reference(*(t.double() for t in cuda[:3]), 0.1, 0.2, norm, 0.0, 1.0)
         torch.testing.assert_close(out.double().cpu(), want.cpu(), **tol)
-    out = _run(backend, ops.sgld_step, cuda[0], cuda[1], step_size=0.3, grad_clip=0.5,
-               noise_std=0.1, noise=cuda[3], clamp=None)
-    want = sgld_reference(cuda[0].double(), cuda[1].double(), 0.3, 0.5, 0.1, None, None,
-                          cuda[3].double(), None)
+    out = _run(
+        backend,
+        ops.sgld_step,
+        cuda[0],
+        cuda[1],
+        step_size=0.3,
+        grad_clip=0.5,
+        noise_std=0.1,
+        noise=cuda[3],
+        clamp=None,
+    )
+    want = sgld_reference(
+        cuda[0].double(), cuda[1].double(), 0.3, 0.5, 0.1, None, None, cuda[3].double(), None
+    )
     torch.testing.assert_close(out.double().cpu(), want.cpu(), **tol)
 
 
@@ -63,8 +73,11 @@ def test_cuda_and_triton_draw_the_same_noise() -> None:
     draws = []
     for backend in BACKENDS:
         g = torch.Generator("cuda").manual_seed(7)
-        draws.append(_run(backend, ops.sgld_step, z, z, step_size=0.0, noise_std=1.0,
-                          clamp=None, generator=g))
+        draws.append(
+            _run(
+                backend, ops.sgld_step, z, z, step_size=0.0, noise_std=1.0, clamp=None, generator=g
+            )
+        )
     torch.testing.assert_close(draws[0], draws[1], rtol=4e-6, atol=4e-6)
     assert abs(draws[0].mean().item()) < 0.02 and abs(draws[0].std().item() - 1) < 0.02
 
@@ -88,3 +101,87 @@ def test_noise_stays_fresh_under_cuda_graph_replay() -> None:
     graph.replay()
     assert not torch.equal(first, out)
     assert abs(out.std().item() - 1) < 0.05
+
+
+def test_training_iteration_never_waits_for_the_gpu(tmp_path) -> None:  # noqa: ANN001
+    """train_step queues its work without a host sync (divergence checks and metrics are read
+    only at sync points, train/watch.py); torch raises on any synchronising call in the block."""
+    from ebjdat.train import Trainer, config
+
+    cfg = config.load_preset("digits")
+    for assignment in (
+        "train.eval_limit=0",
+        "train.sample_grid=0",
+        "data.batch_size=16",
+        "data.labelled_batch_size=16",
+        "sgld.steps=2",
+        "adv.steps=2",
+    ):
+        config.override(cfg, assignment)
+    trainer = Trainer(cfg.validate(), tmp_path, device="cuda", progress_bar=False)
+    x_pos, _ = next(iter(trainer.positives))
+    x_lab, y = next(iter(trainer.labelled))
+    trainer.train_step(x_pos, x_lab, y)  # warm-up: lazy initialisation may sync once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step(x_pos, x_lab, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer.watch.check()
+
+
+def _graph_model(seed: int = 0):  # noqa: ANN202
+    from ebjdat.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("wrn-10-2", num_classes=10, in_channels=3, image_size=16).cuda()
+
+
+def test_graphed_sgld_equals_eager() -> None:
+    """train.cuda_graphs: the captured SGLD loop gives the eager loop's samples, BN running
+    statistics and generator state, on the first call (capture) and on later ones (replay)."""
+    from ebjdat.sampling import sgld
+
+    eager, graphed = _graph_model(), _graph_model()
+    g_eager = torch.Generator("cuda").manual_seed(3)
+    g_graph = torch.Generator("cuda").manual_seed(3)
+    kw = dict(steps=4, step_size=1.0, noise_std=0.01, grad_clip=1.0, bn_train=True)
+    for call in range(3):
+        z0 = torch.rand(8, 3, 16, 16, device="cuda") * 2 - 1
+        want = sgld(eager, z0, generator=g_eager, **kw)
+        got = sgld(graphed, z0, generator=g_graph, cuda_graph=True, **kw)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"call {call}")
+        for a, b in zip(graphed.buffers(), eager.buffers(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert torch.equal(g_graph.get_state(), g_eager.get_state())
+
+
+def test_graphed_adversarial_sampler_equals_eager() -> None:
+    from ebjdat.attacks import AdvSamplerConfig, adversarial_samples
+
+    model = _graph_model()
+    cfg = AdvSamplerConfig(project=True, steps=3)
+    for call in range(2):
+        z = torch.rand(8, 3, 16, 16, device="cuda") * 2 - 1
+        y = torch.randint(0, 10, (8,), device="cuda")
+        g1 = torch.Generator("cuda").manual_seed(call)
+        g2 = torch.Generator("cuda").manual_seed(call)
+        want = adversarial_samples(model, z, y, cfg, generator=g1)
+        got = adversarial_samples(model, z, y, cfg, generator=g2, cuda_graph=True)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_training_step_with_cuda_graphs_keeps_the_loss(tmp_path) -> None:  # noqa: ANN001
+    from ebjdat.train import Trainer, config
+
+    losses = []
+    for graphs in ("false", "true"):
+        cfg = config.load_preset("digits")
+        for assignment in ("train.eval_limit=0", "train.sample_grid=0", "sgld.steps=3",
+                           "adv.steps=2", f"train.cuda_graphs={graphs}"):
+            config.override(cfg, assignment)
+        trainer = Trainer(cfg.validate(), tmp_path / graphs, device="cuda", progress_bar=False)
+        x_pos, _ = next(iter(trainer.positives))
+        x_lab, y = next(iter(trainer.labelled))
+        losses.append([trainer.train_step(x_pos, x_lab, y).total.item() for _ in range(3)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-5)

@@ -158,6 +158,18 @@ def test_samplers_freeze_parameters_only_while_they_run() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_cuda_graph_switch_refuses_cpu_tensors() -> None:
+    """The CUDA-graph path itself is tested in tests/test_cuda.py (GPU only); on CPU asking for
+    it is a clear error, never a silent eager fallback."""
+    from ebjdat.attacks import adversarial_samples
+
+    model, z0 = make_model(), uniform(2, 0)
+    with pytest.raises(ValueError, match="cuda_graph=True needs CUDA tensors"):
+        sgld(model, z0, steps=1, step_size=1.0, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True needs CUDA tensors"):
+        adversarial_samples(model, z0, torch.arange(2), cuda_graph=True)
+
+
 def test_sgld_under_no_grad_and_inference_mode() -> None:
     model = make_model(bn=False)
     z0 = uniform(2, 6)

@@ -96,6 +96,11 @@ def test_overrides_and_errors_name_the_key(tmp_path: Path) -> None:
     bad_file.write_text("[sgld\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load_file(bad_file)
+    with pytest.raises(ConfigError, match="train.sync_every must be >= 1"):
+        config.override(config.load_preset("digits"), "train.sync_every=0").validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.cuda_graphs needs a CUDA device"):
+            Trainer(tiny_config("train.cuda_graphs=true"), tmp_path / "graphs", device="cpu")
 
 
 def test_loss_terms_against_hand_computation() -> None:
@@ -334,8 +339,9 @@ def test_sam_steps_match_hand_computation() -> None:
 def test_load_classifier_from_a_checkpoint(tmp_path: Path) -> None:
     import ebjdat
 
-    trainer = Trainer(tiny_config("train.epochs=0"), tmp_path, progress_bar=False,
-                      log=lambda m: None)
+    trainer = Trainer(
+        tiny_config("train.epochs=0"), tmp_path, progress_bar=False, log=lambda m: None
+    )
     trainer.fit()
     model = ebjdat.load_classifier(str(tmp_path / "checkpoints" / "last.pt"))
     assert not model.training
@@ -357,11 +363,53 @@ def test_speed_switches_keep_the_loss(tmp_path: Path, switch: str, rtol: float) 
     def first_loss(*extra: str) -> float:
         torch.manual_seed(0)
         cfg = tiny_config("train.channels_last=false", "train.eval_limit=0", *extra)
-        trainer = Trainer(cfg, tmp_path / str(len(extra)), progress_bar=False,
-                          log=lambda m: None)
+        trainer = Trainer(cfg, tmp_path / str(len(extra)), progress_bar=False, log=lambda m: None)
         x_pos, _ = next(iter(trainer.positives))
         x_lab, y = next(iter(trainer.labelled))
         return trainer.train_step(x_pos, x_lab, y).total.item()
 
     base = first_loss()
     assert first_loss(switch) == pytest.approx(base, rel=rtol)
+
+
+def _terms(total: float, e_q: float = 0.0, acc: float = 1.0) -> losses.LossTerms:
+    t = torch.tensor
+    return losses.LossTerms(
+        t(total), t(total), None, None, None, t(0.5), t(e_q), None, acc=t(acc), acc_adv=None
+    )
+
+
+def test_step_watch_defers_checks_to_sync_points() -> None:
+    """Bad steps are folded in on the device and reported at the next check with the first bad
+    iteration and its values; means are exact; reset forgets a bad step."""
+    from ebjdat.train.watch import Diverged, StepWatch
+
+    watch = StepWatch(max_loss=100.0, max_energy=10.0, device=torch.device("cpu"))
+    watch.add(_terms(1.0, acc=0.0), 5)
+    watch.add(_terms(3.0, acc=1.0), 6)
+    watch.check()  # nothing bad yet
+    assert watch.means() == pytest.approx(
+        {"total": 2.0, "px": 2.0, "e_pos": 0.5, "e_q": 0.0, "acc": 0.5}
+    )
+    watch.add(_terms(2.0, e_q=11.0), 7)  # an exploding energy
+    watch.add(_terms(float("nan")), 8)  # and a NaN later: the first one is reported
+    with pytest.raises(Diverged, match=r"energies \[11.0, 0.5\] at iteration 7"):
+        watch.check()
+    watch.reset()
+    watch.check()
+    assert watch.means() == {}
+    watch.add(_terms(200.0), 9)  # |loss| above max_loss
+    with pytest.raises(Diverged, match="loss 200, .* at iteration 9"):
+        watch.check()
+
+
+def test_no_checkpoint_after_an_unchecked_bad_step(tmp_path: Path) -> None:
+    from ebjdat.train.watch import Diverged
+
+    trainer = Trainer(tiny_config("train.epochs=1"), tmp_path, progress_bar=False, log=print)
+    trainer.save("last.pt")
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    trainer.watch.add(_terms(float("inf")), 0)
+    with pytest.raises(Diverged):
+        trainer.save("last.pt")
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before

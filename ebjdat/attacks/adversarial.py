@@ -15,6 +15,7 @@ forward per step instead of three, and the clean logits computed once instead of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ebjdat import ops
+from ebjdat.sampling.cuda_graphs import check_cuda_graph_inputs, replay_loop
 from ebjdat.sampling.sgld import (
     LogitsFn,
     frozen_parameters,
@@ -102,36 +104,50 @@ def adversarial_samples(
     *,
     generator: torch.Generator | None = None,
     logits_fn: LogitsFn | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """x~ for internal-range images z with labels y, per `cfg`. The model runs in eval mode
     (BatchNorm running statistics, as the official f.eval()) and each module's previous mode is
-    restored afterwards; parameter .grad fields are untouched. Returns a detached tensor."""
+    restored afterwards; parameter .grad fields are untouched. cuda_graph=True replays one
+    captured step (CUDA tensors only; sampling/cuda_graphs.py). Returns a detached tensor."""
     cfg = AdvSamplerConfig() if cfg is None else cfg
+    if cuda_graph:
+        check_cuda_graph_inputs(z, y)
     fn = internal_logits_fn(model, logits_fn)
     eps, alpha = cfg.internal()
     z, y = z.detach().clone(), y.clone()
-    with model_mode(model, False), frozen_parameters(model):
-        clean_unit = None
-        if cfg.perception_loss:
-            with torch.no_grad():  # constant across steps: computed once
-                clean_unit = unit_logits(fn(z))
-        if cfg.random_start:
-            z_adv = ops.pgd_init(z, eps=eps, norm=cfg.norm, clamp=(-1.0, 1.0), generator=generator)
-        else:
-            z_adv = z.clone()
-        for _ in range(cfg.steps):
-            with grad_mode():
-                zr = z_adv.detach().requires_grad_(True)
-                obj = adversarial_objective(fn(zr), y, cfg, clean_unit)
-                (grad,) = torch.autograd.grad(obj, zr)
-            with torch.no_grad():
-                z_adv = ops.pgd_step(
-                    z_adv,
+
+    def step(t: Mapping[str, torch.Tensor]) -> None:
+        with grad_mode():
+            zr = t["z_adv"].detach().requires_grad_(True)
+            obj = adversarial_objective(fn(zr), t["y"], cfg, t.get("clean_unit"))
+            (grad,) = torch.autograd.grad(obj, zr)
+        with torch.no_grad():
+            t["z_adv"].copy_(
+                ops.pgd_step(
+                    t["z_adv"],
                     grad,
-                    z,
+                    t["z"],
                     step_size=alpha,
                     eps=eps if cfg.project else None,
                     norm=cfg.norm,
                     clamp=(-1.0, 1.0),
                 )
+            )
+
+    with model_mode(model, False), frozen_parameters(model):
+        inputs = {"z": z, "y": y}
+        if cfg.perception_loss:
+            with torch.no_grad():  # constant across steps: computed once
+                inputs["clean_unit"] = unit_logits(fn(z))
+        if cfg.random_start:
+            z_adv = ops.pgd_init(z, eps=eps, norm=cfg.norm, clamp=(-1.0, 1.0), generator=generator)
+        else:
+            z_adv = z.clone()
+        inputs["z_adv"] = z_adv
+        if cuda_graph and cfg.steps > 0:
+            key = ("adversarial", fn, cfg)
+            return replay_loop(model, key, inputs, step, cfg.steps)["z_adv"]
+        for _ in range(cfg.steps):
+            step(inputs)
     return z_adv

@@ -9,6 +9,7 @@ import copy
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,19 @@ from .official import OfficialSettings, official_iteration
 
 PHASES = ("sgld", "adversarial", "loss_forward", "loss_backward", "optimizer")
 MODELS = ("wrn-10-2", "wrn-16-4", "wrn-28-10")
+# ebjdat's opt-in speed switches, each timed as its own row ("ebjdat+NAME") in the same run.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "bf16": ("train.autocast=bf16",),
+    "compile": ("train.compile=true",),
+    "bf16-compile": ("train.autocast=bf16", "train.compile=true"),
+    "cuda-graphs": ("train.cuda_graphs=true",),
+    "bf16-cuda-graphs": ("train.autocast=bf16", "train.cuda_graphs=true"),
+}
+
+
+def impl_name(variant: str) -> str:
+    return "ebjdat" if variant == "default" else f"ebjdat+{variant}"
 
 
 @dataclass
@@ -95,6 +109,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _trainer(cfg: C.Config, device: torch.device) -> Trainer:
+    with tempfile.TemporaryDirectory() as tmp:
+        return Trainer(cfg, tmp, device=device, progress_bar=False, log=lambda m: None)
+
+
 def run_step(
     model: str,
     batch: int,
@@ -103,23 +122,32 @@ def run_step(
     repeats: int = 5,
     warmup: int = 1,
     overrides: list[str] | None = None,
+    variants: tuple[str, ...] = ("default",),
 ) -> list[StepResult]:
-    """Times `repeats` iterations of each implementation after `warmup` ones."""
-    cfg = _config(model, batch, overrides or [])
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, tmp, device=device, progress_bar=False, log=lambda m: None)
-    x_pos, _ = next(iter(trainer.positives))
-    x_lab, y = next(iter(trainer.labelled))
+    """Times `repeats` iterations of the official reference and of each ebjdat variant after
+    `warmup` ones, all from the same initial weights and on the same batches."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    base = list(overrides or [])
+    trainers = {
+        v: _trainer(_config(model, batch, base + list(VARIANTS[v])), device) for v in variants
+    }
+    first = next(iter(trainers.values()))
+    for trainer in trainers.values():  # identical by seeding already; made explicit
+        trainer.model.load_state_dict(first.model.state_dict())
+    x_pos, _ = next(iter(first.positives))
+    x_lab, y = next(iter(first.labelled))
 
     # The reference: a copy of the same initial model, its own SGD and buffer, in PyTorch's
     # default NCHW layout as the official code runs (the trainer's model may be channels_last,
     # which is one of ebjdat's optimisations).
-    ref_model = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
-    o = cfg.optim
+    ref_model = copy.deepcopy(first.model).to(memory_format=torch.contiguous_format)
+    o = first.cfg.optim
     ref_opt = torch.optim.SGD(
         ref_model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
     )
-    ref_buffer = trainer.buffer.buffer.clone(memory_format=torch.contiguous_format)
+    ref_buffer = first.buffer.buffer.clone(memory_format=torch.contiguous_format)
 
     def init_random(n: int) -> torch.Tensor:
         return torch.empty(n, *ref_buffer.shape[1:], device=device).uniform_(-1, 1)
@@ -140,11 +168,15 @@ def run_step(
             timer=timer or PhaseTimer(enabled=False),
         )
 
-    def ebjdat(timer: PhaseTimer | None = None) -> None:
-        trainer.train_step(x_pos, x_lab, y, timer)
+    def ebjdat(trainer: Trainer) -> Callable[[PhaseTimer | None], None]:
+        def step(timer: PhaseTimer | None = None) -> None:
+            trainer.train_step(x_pos, x_lab, y, timer)
 
+        return step
+
+    impls = [("official", official)] + [(impl_name(v), ebjdat(t)) for v, t in trainers.items()]
     results = []
-    for impl, fn in (("official", official), ("ebjdat", ebjdat)):
+    for impl, fn in impls:
         for _ in range(warmup):
             fn()
         with FlopCount() as counter:

@@ -212,11 +212,16 @@ def run_step(args: argparse.Namespace) -> int:
     json_path = _json_path(args.json)
     if args.batch < 2:
         raise UsageError("--batch must be >= 2 (the official sampler works in chunks of 2)")
+    graphed = [v for v in args.variants if "cuda-graphs" in v]
+    if graphed and device.type != "cuda":
+        raise UsageError(f"--variants {' '.join(graphed)} needs --device cuda")
     models = ["wrn-10-1"] if args.quick else args.models
     batch = 4 if args.quick else args.batch
     repeats = 1 if args.quick else args.repeats
     machine = machine_info(device)
-    machine.update(quick=args.quick, repeats=repeats, preset="official")
+    machine.update(
+        quick=args.quick, repeats=repeats, preset="official", variants=list(args.variants)
+    )
     print(
         f"{PROG} step on {device} ({machine['device_name']}), preset 'official', "
         f"batch {batch}, median of {repeats}"
@@ -238,7 +243,12 @@ def run_step(args: argparse.Namespace) -> int:
     )
     for model in models:
         results = bench_step.run_step(
-            model, batch, device, repeats=repeats, overrides=args.set or []
+            model,
+            batch,
+            device,
+            repeats=repeats,
+            overrides=args.set or [],
+            variants=tuple(args.variants),
         )
         base = results[0].median_s
         for r in results:
@@ -267,6 +277,7 @@ def run_step(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ebjdat.benchmarks import default_device
     from ebjdat.benchmarks import ops as bench_ops
+    from ebjdat.benchmarks import step as bench_step
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -377,7 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="SECTION.KEY=VALUE",
-        help="config override for the ebjdat side (repeatable)",
+        help="config override for every ebjdat row (repeatable)",
+    )
+    step_parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default"],
+        choices=list(bench_step.VARIANTS),
+        metavar="NAME",
+        help="ebjdat configurations to time, one row each, in the same run as the reference: "
+        + "; ".join(
+            f"{name} ({', '.join(sets) or 'the preset as is'})"
+            for name, sets in bench_step.VARIANTS.items()
+        )
+        + " (default: default)",
     )
     step_parser.add_argument("--json", metavar="FILE", help='also write {"machine", "rows"}')
     step_parser.add_argument(

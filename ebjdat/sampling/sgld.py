@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from ebjdat import ops
+
+from . import cuda_graphs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .buffer import ReplayBuffer
@@ -136,32 +138,44 @@ def sgld(
     y: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     logits_fn: LogitsFn | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Run `steps` SGLD steps from z0 (internal [-1, 1] images) and return the samples.
 
     bn_train: True runs the model in train mode (batch statistics, running stats updated, as
     JEM++/SADA-JEM do), False in eval mode (JEM), None leaves the mode as it is; the previous
     mode is restored afterwards either way. y gives class-conditional sampling from p(z, y).
+    cuda_graph=True replays one captured step (CUDA tensors only; sampling/cuda_graphs.py).
     z0 is not modified; the result is a new tensor that does not require grad.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if cuda_graph:
+        cuda_graphs.check_cuda_graph_inputs(z0)
     fn = internal_logits_fn(model, logits_fn)
     z = z0.detach().clone()
     y = None if y is None else y.clone()
+
+    def step(t: Mapping[str, torch.Tensor]) -> None:
+        grad = log_density_grad(fn, t["z"], t.get("y"))
+        with torch.no_grad():
+            ops.sgld_step_(
+                t["z"],
+                grad,
+                step_size=step_size,
+                grad_clip=grad_clip,
+                noise_std=noise_std,
+                clamp=clamp,
+                generator=generator,
+            )
+
+    inputs = {"z": z} if y is None else {"z": z, "y": y}
     with model_mode(model, bn_train), frozen_parameters(model):
+        if cuda_graph and steps > 0:
+            key = ("sgld", fn, bn_train, step_size, grad_clip, noise_std, clamp)
+            return cuda_graphs.replay_loop(model, key, inputs, step, steps, generator)["z"]
         for _ in range(steps):
-            grad = log_density_grad(fn, z, y)
-            with torch.no_grad():
-                ops.sgld_step_(
-                    z,
-                    grad,
-                    step_size=step_size,
-                    grad_clip=grad_clip,
-                    noise_std=noise_std,
-                    clamp=clamp,
-                    generator=generator,
-                )
+            step(inputs)
     return z
 
 

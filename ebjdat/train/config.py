@@ -112,6 +112,9 @@ class TrainConfig:
     max_loss: float = 1e8  # |loss| above this counts as divergence
     max_energy: float = 1e6  # |mean buffer energy| above this counts as divergence
     max_retries: int = 3
+    # The host reads the divergence check and the running metrics every sync_every iterations
+    # (and before each checkpoint), so a GPU step never waits on them (train/watch.py).
+    sync_every: int = 20
     retry_lr_factor: float = 0.5
     # Speed switches. channels_last keeps the same function (float rounding aside); autocast
     # "bf16" runs forwards in bfloat16 (energies and the loss stay float32): opt-in, the loss
@@ -119,6 +122,9 @@ class TrainConfig:
     channels_last: bool = True
     autocast: str = "none"  # "none" or "bf16"
     compile: bool = False
+    # CUDA only: capture one SGLD and one adversarial step as CUDA graphs and replay them
+    # (sampling/cuda_graphs.py); the same function, fewer kernel launches.
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -157,6 +163,7 @@ class Config:
             ("train.epochs", self.train.epochs, 0),
             ("sgld.steps", self.sgld.steps, 0),
             ("adv.steps", self.adv.steps, 0),
+            ("train.sync_every", self.train.sync_every, 1),
         ]:
             if value < low:
                 raise ConfigError(f"{key} must be >= {low}, got {value}")

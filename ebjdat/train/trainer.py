@@ -28,10 +28,11 @@ from ebjdat.models import JEM, build_model, frozen_bn_stats
 from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
 
 from . import checkpoint
-from .config import Config, from_dict
+from .config import Config, ConfigError, from_dict
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
 from .schedule import learning_rate
+from .watch import Diverged, StepWatch
 
 
 class PhaseTimer:
@@ -58,10 +59,6 @@ class PhaseTimer:
         finally:
             self._sync()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-class Diverged(RuntimeError):
-    """A non-finite or exploding loss or buffer energy in one iteration."""
 
 
 class TrainingStopped(RuntimeError):
@@ -136,6 +133,10 @@ class Trainer:
         ).to(self.device)
         self._sync_parameters()
         t = self.cfg.train
+        if t.cuda_graphs and self.device.type != "cuda":
+            raise ConfigError(
+                f"train.cuda_graphs needs a CUDA device, not {self.device}; set it to false"
+            )
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # The forward the samplers and the loss call (compiled or not); evaluation and
@@ -199,6 +200,7 @@ class Trainer:
             steps=a.steps,
             random_start=a.random_start,
         )
+        self.watch = StepWatch(t.max_loss, t.max_energy, self.device, self.dist.world_size)
         self._resumed = False
         self.metrics_path = self.out / "metrics.jsonl"
         self.ckpt_dir = self.out / "checkpoints"
@@ -262,6 +264,7 @@ class Trainer:
             bn_train=s.bn_train,
             generator=self.generator,
             logits_fn=self.logits,
+            cuda_graph=self.cfg.train.cuda_graphs,
         )
         self.buffer.update(idx, z)
         return z
@@ -283,27 +286,6 @@ class Trainer:
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
-
-    def _check(self, terms: LossTerms) -> None:
-        t = self.cfg.train
-        values = torch.stack(
-            [terms.total.detach()]
-            + [e.detach() for e in (terms.e_q, terms.e_pos, terms.e_adv) if e is not None]
-        )
-        bad = (
-            (~torch.isfinite(values)).any()
-            | (values[0].abs() > t.max_loss)
-            | (values[1:].abs() > t.max_energy).any()
-        )
-        if self.dist.world_size > 1:
-            flag = bad.float()
-            dist.all_reduce(flag)
-            bad = flag > 0
-        if bool(bad):
-            raise Diverged(
-                f"loss {values[0].item():.4g}, energies "
-                f"{[round(v, 3) for v in values[1:].tolist()]} at iteration {self.state.iteration}"
-            )
 
     def train_step(
         self,
@@ -353,13 +335,14 @@ class Trainer:
                         self.adv_cfg,
                         generator=self.generator,
                         logits_fn=f,
+                        cuda_graph=self.cfg.train.cuda_graphs,
                     )
                 with phase("loss_forward"):
                     logits_adv = f(z_adv)
             with phase("loss_forward"):
                 forward = Forward(logits_pos, logits_q, logits_lab, logits_adv)
                 terms = eb_jdat_loss(self.cfg.loss, forward, y, self.cfg.adv.enabled)
-                self._check(terms)
+                self.watch.add(terms, self.state.iteration)
         with phase("loss_backward"):
             self._backward(terms)
         with phase("optimizer"):
@@ -476,6 +459,7 @@ class Trainer:
         random.setstate((3, tuple(local["python_rng"]), None))
 
     def save(self, *names: str) -> None:
+        self.watch.check()  # never write a checkpoint after an unchecked diverged step
         state = self.state_dict()  # every rank takes part in the gather
         if self.dist.main:
             for name in names:
@@ -511,6 +495,7 @@ class Trainer:
             )
         state = checkpoint.load(self.ckpt_dir / "last.pt", map_location=self.device)
         self.load_state_dict(state)
+        self.watch.reset()
         self.state.retries, self.state.lr_scale = retries, scale
         self.state.seed = self.cfg.train.seed + 7919 * retries
         self.generator.manual_seed(self.state.seed * 1000 + self.dist.rank + 4)
@@ -548,8 +533,6 @@ class Trainer:
     def _run_epoch(self) -> dict[str, float]:
         from tqdm import tqdm
 
-        sums: dict[str, float] = {}
-        count = 0
         bar = tqdm(
             total=len(self.labelled),
             initial=self.labelled.position,
@@ -559,41 +542,28 @@ class Trainer:
             dynamic_ncols=True,
         )
         every = self.cfg.train.checkpoint_every_iters
+        sync_every = self.cfg.train.sync_every
+        self.watch.reset()
         for x_lab, y in self.labelled:
-            terms = self.train_step(self._next_positives(), x_lab, y)
-            values = {
-                k: getattr(terms, k)
-                for k in (
-                    "total",
-                    "px",
-                    "ce",
-                    "align",
-                    "ce_adv",
-                    "e_pos",
-                    "e_q",
-                    "e_adv",
-                    "acc",
-                    "acc_adv",
-                )
-            }
-            for k, v in values.items():
-                if v is not None:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-            count += 1
+            self.train_step(self._next_positives(), x_lab, y)
             bar.update(1)
-            bar.set_postfix(
-                {
-                    k: f"{sums[k] / count:.3g}"
-                    for k in ("total", "acc", "acc_adv", "e_pos", "e_q", "e_adv")
-                    if k in sums
-                }
-            )
+            if self.state.iteration % sync_every == 0:
+                self.watch.check()
+                means = self.watch.means()
+                bar.set_postfix(
+                    {
+                        k: f"{means[k]:.3g}"
+                        for k in ("total", "acc", "acc_adv", "e_pos", "e_q", "e_adv")
+                        if k in means
+                    }
+                )
             if every and self.state.iteration % every == 0:
                 self.save("last.pt")
         bar.close()
+        self.watch.check()
         return {
-            ("train_loss" if k == "total" else f"train_{k}"): v / max(count, 1)
-            for k, v in sums.items()
+            ("train_loss" if k == "total" else f"train_{k}"): v
+            for k, v in self.watch.means().items()
         }
 
     def fit(self) -> dict[str, Any]:
