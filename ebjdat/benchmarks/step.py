@@ -114,18 +114,19 @@ def _trainer(cfg: C.Config, device: torch.device) -> Trainer:
         return Trainer(cfg, tmp, device=device, progress_bar=False, log=lambda m: None)
 
 
-def run_step(
+Iteration = Callable[..., None]  # fn(timer: PhaseTimer | None = None): one training iteration
+
+
+def prepare_step(
     model: str,
     batch: int,
     device: torch.device,
     *,
-    repeats: int = 5,
-    warmup: int = 1,
     overrides: list[str] | None = None,
     variants: tuple[str, ...] = ("default",),
-) -> list[StepResult]:
-    """Times `repeats` iterations of the official reference and of each ebjdat variant after
-    `warmup` ones, all from the same initial weights and on the same batches."""
+) -> list[tuple[str, Iteration]]:
+    """[(impl, fn)]: the official reference and each ebjdat variant, ready to run one
+    iteration each call, all from the same initial weights and on the same batches."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
@@ -168,15 +169,29 @@ def run_step(
             timer=timer or PhaseTimer(enabled=False),
         )
 
-    def ebjdat(trainer: Trainer) -> Callable[[PhaseTimer | None], None]:
+    def ebjdat(trainer: Trainer) -> Iteration:
         def step(timer: PhaseTimer | None = None) -> None:
             trainer.train_step(x_pos, x_lab, y, timer)
 
         return step
 
-    impls = [("official", official)] + [(impl_name(v), ebjdat(t)) for v, t in trainers.items()]
+    return [("official", official)] + [(impl_name(v), ebjdat(t)) for v, t in trainers.items()]
+
+
+def run_step(
+    model: str,
+    batch: int,
+    device: torch.device,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    overrides: list[str] | None = None,
+    variants: tuple[str, ...] = ("default",),
+) -> list[StepResult]:
+    """Times `repeats` iterations of each implementation of `prepare_step` after `warmup` ones,
+    with per-phase times and FLOPs counted over one extra iteration."""
     results = []
-    for impl, fn in impls:
+    for impl, fn in prepare_step(model, batch, device, overrides=overrides, variants=variants):
         for _ in range(warmup):
             fn()
         with FlopCount() as counter:
