@@ -165,11 +165,16 @@ def test_step_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     rows = data["rows"]
     assert [r["impl"] for r in rows] == ["official", "ebjdat", "ebjdat+bf16"]
     assert data["machine"]["variants"] == ["default", "bf16"]
+    rates = data["machine"]["matmul_tflops"]
+    assert set(rates) == {"float32", "bfloat16"} and min(rates.values()) > 0
     for row in rows:
         assert row["model"] == "wrn-10-1" and row["batch"] == 4 and row["median_s"] > 0
         assert set(row["phases"]) == {"sgld", "adversarial", "loss_forward", "loss_backward",
                                       "optimizer"}
         assert row["flops"] > 0
+        # The FLOP floor: the counted FLOPs at the measured bfloat16 matmul rate.
+        assert row["floor_s"] == pytest.approx(row["flops"] / (rates["bfloat16"] * 1e12))
+        assert row["x_floor"] == pytest.approx(row["median_s"] / row["floor_s"])
     assert "x official" in capsys.readouterr().out
 
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from ebjdat.benchmarks import measure
 from ebjdat.models import JEM
 from ebjdat.train import config as C
 from ebjdat.train.trainer import PhaseTimer, Trainer
@@ -64,6 +65,16 @@ class StepResult:
             "tflops": self.tflops,
             "times_s": self.times_s,
         }
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, *, quick: bool = False) -> float:
+    """The measured dense matmul rate (TFLOP/s), the denominator of an iteration's FLOP floor:
+    the time it would take if every counted FLOP ran at this rate."""
+    n = 256 if quick else (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    timing = measure(lambda: a @ b, min_run_time=0.05 if quick else 1.0)
+    return 2 * n**3 / timing.median_s / 1e12
 
 
 def _config(model: str, batch: int, overrides: list[str]) -> C.Config:

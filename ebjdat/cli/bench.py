@@ -90,10 +90,11 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _line(cells: Sequence[str]) -> str:
+def _line(cells: Sequence[str], columns: Sequence[tuple[str, int]] = _COLUMNS) -> str:
+    """Text columns (the first three and the last) left-aligned, numbers right-aligned."""
     parts = [
-        cell.ljust(width) if i < 3 or i == len(_COLUMNS) - 1 else cell.rjust(width)
-        for i, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS, strict=True))
+        cell.ljust(width) if i < 3 or i == len(columns) - 1 else cell.rjust(width)
+        for i, (cell, (_, width)) in enumerate(zip(cells, columns, strict=True))
     ]
     return "  ".join(parts).rstrip()
 
@@ -219,28 +220,30 @@ def run_step(args: argparse.Namespace) -> int:
     batch = 4 if args.quick else args.batch
     repeats = 1 if args.quick else args.repeats
     machine = machine_info(device)
+    rates = {
+        str(dt).removeprefix("torch."): bench_step.matmul_tflops(device, dt, quick=args.quick)
+        for dt in (torch.float32, torch.bfloat16)
+    }
     machine.update(
-        quick=args.quick, repeats=repeats, preset="official", variants=list(args.variants)
+        quick=args.quick,
+        repeats=repeats,
+        preset="official",
+        variants=list(args.variants),
+        matmul_tflops=rates,
     )
     print(
         f"{PROG} step on {device} ({machine['device_name']}), preset 'official', "
-        f"batch {batch}, median of {repeats}"
+        f"batch {batch}, median of {repeats}; measured matmul TFLOP/s: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in rates.items())
+        + "; 'x floor' = time / (FLOPs at the bfloat16 matmul rate)"
     )
     rows: list[dict] = []
     phases = bench_step.PHASES
-    print(
-        _line(
-            [
-                "model",
-                "impl",
-                "median s",
-                *[f"{p} s" for p in phases],
-                "GFLOP",
-                "TFLOP/s",
-                "x official",
-            ]
-        )
-    )
+    titles = ["model", "impl", "median s", *[f"{p} s" for p in phases], "GFLOP", "TFLOP/s",
+              "x official", "x floor"]
+    columns = [(t, max(len(t), 9)) for t in titles]
+    columns[1] = ("impl", 22)
+    print(_line(titles, columns))
     for model in models:
         results = bench_step.run_step(
             model,
@@ -252,6 +255,7 @@ def run_step(args: argparse.Namespace) -> int:
         )
         base = results[0].median_s
         for r in results:
+            floor_s = r.flops / (rates["bfloat16"] * 1e12)
             print(
                 _line(
                     [
@@ -262,11 +266,13 @@ def run_step(args: argparse.Namespace) -> int:
                         f"{r.flops / 1e9:.1f}",
                         f"{r.tflops:.4f}",
                         f"{base / r.median_s:.2f}",
-                    ]
+                        f"{r.median_s / floor_s:.1f}",
+                    ],
+                    columns,
                 ),
                 flush=True,
             )
-            rows.append(r.row())
+            rows.append({**r.row(), "floor_s": floor_s, "x_floor": r.median_s / floor_s})
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
