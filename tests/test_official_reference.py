@@ -4,7 +4,8 @@ buffer draws and (zero) adversarial starts.
 
 What differs is only the optimisation itself, and that is exact here: chunks of 2 under BN eval
 mode are per-sample computations; the clean logits of the perception loss are the same numbers
-whether cached or recomputed; PYLD's 10 x 5 x 0.2 inner steps equal 10 clipped steps of size 1
+whether cached or recomputed, and sampleXadv's separate f(x~, y) forward repeats the perception
+loss's f.classify(x~) (two graphs of x~ back-propagate to the sum of their gradients); PYLD's 10 x 5 x 0.2 inner steps equal 10 clipped steps of size 1
 because conv1 is linear (method.md §2); the second f(x_p_d) forward repeats the first's output
 (train-mode BN uses batch statistics) and only moves running statistics after they were read.
 Everything runs in float64, so the tolerance is rounding only."""
@@ -72,3 +73,22 @@ def test_reference_computes_the_official_preset_loss(
     for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
     # (BN running statistics differ afterwards, by the reference's extra f(x_p_d) forward.)
+
+
+def test_reference_init_draws_from_the_class_gaussians() -> None:
+    """JEM++'s init_random as the reference runs it: each image from a uniformly chosen class's
+    Gaussian, clipped to [-1, 1]; checked against the known means and covariances."""
+    from ebjdat.benchmarks.official import class_gaussian_init
+
+    means = torch.tensor([[-0.5, 0.2], [0.4, -0.1]])
+    cov = torch.tensor([[[0.01, 0.004], [0.004, 0.02]], [[0.03, -0.01], [-0.01, 0.01]]])
+    init = class_gaussian_init(means, torch.linalg.cholesky(cov), (2, 1, 1))
+    torch.manual_seed(0)
+    x = init(4000).view(4000, 2)
+    assert x.abs().max() <= 1
+    k = (x[:, 0] > 0).long()  # the two classes are far apart along the first coordinate
+    assert 0.45 < k.float().mean() < 0.55
+    for c in range(2):
+        xc = x[k == c]
+        torch.testing.assert_close(xc.mean(0), means[c], atol=0.012, rtol=0)
+        torch.testing.assert_close(torch.cov(xc.T), cov[c], atol=0.004, rtol=0)

@@ -5,9 +5,12 @@ It keeps every cost the official loop pays:
 - f(x_p_d) is forwarded before sampling and again for the alignment term;
 - the PYLD sampler: 10 outer steps, each a full forward/backward to the conv1 output, then 5
   inner steps ascending H = sum(conv1(x) * p), with unfused clip/step/clamp;
-- the adversarial sampler in chunks of 2 under f.eval(), recomputing the clean logits of the
-  perception loss at every step, unfused sign/step/clamp, no eps-ball projection;
-- the replay buffer's reinitialisation as `sample_p_0` does it.
+- the adversarial sampler in chunks of 2 under f.eval() with sampleXadv's three forwards per
+  step (f(x~, y) for the objective, then f.classify(x) and f.classify(x~) again inside the
+  perception loss, so two graphs of x~ are back-propagated), unfused sign/step/clamp, no eps-ball
+  projection;
+- the replay buffer's reinitialisation as `sample_p_0` does it, with JEM++'s `init_random`: one
+  class-Gaussian draw per image of the batch, sample by sample, at every iteration.
 Everything runs on this package's model classes (`JEM.logits_internal` is the official
 `classify`; logsumexp of it is `f`).
 """
@@ -60,6 +63,27 @@ def sample_p_0(
     random_samples = init_random(batch)
     choose = (torch.rand(batch, device=buffer.device) < reinit_freq).float()[:, None, None, None]
     return choose * random_samples + (1 - choose) * buffer_samples, inds
+
+
+def class_gaussian_init(
+    means: torch.Tensor, scale_tril: torch.Tensor, shape: tuple[int, ...]
+) -> Callable[[int], torch.Tensor]:
+    """JEM++'s `init_random`: for each of the n images a uniformly chosen class and one draw
+    from that class's MultivariateNormal, filled in one by one on the host, clipped to [-1, 1].
+    (means [K, D] and scale_tril [K, D, D] as ebjdat.sampling.ClassGaussians holds them.)"""
+    dists = [
+        torch.distributions.MultivariateNormal(mean, scale_tril=tril)
+        for mean, tril in zip(means, scale_tril, strict=True)
+    ]
+
+    def init_random(n: int) -> torch.Tensor:
+        new = torch.zeros(n, *shape)
+        for i in range(n):
+            k = int(torch.randint(len(dists), ()))
+            new[i] = dists[k].sample().view(shape)
+        return torch.clamp(new, -1, 1).to(means.device)
+
+    return init_random
 
 
 def pyld(model: nn.Module, x0: torch.Tensor, s: OfficialSettings) -> torch.Tensor:
@@ -118,11 +142,9 @@ def sample_x_adv(
         x_adv = torch.clamp(xc + delta, -1.0, 1.0).detach()
         for _ in range(s.in_steps):
             x_adv.requires_grad_(True)
-            logits_adv = model.logits_internal(x_adv)
-            obj = logits_adv.gather(1, yc[:, None]).sum() + _p_loss(
-                model.logits_internal(xc), logits_adv
-            )
-            (g,) = torch.autograd.grad(obj, x_adv)
+            energies = model.logits_internal(x_adv).gather(1, yc[:, None])  # f(x_adv_k, y)
+            p_loss = _p_loss(model.logits_internal(xc), model.logits_internal(x_adv))
+            (g,) = torch.autograd.grad(energies.sum() + p_loss, x_adv, retain_graph=True)
             x_adv = torch.clamp(x_adv.detach() + s.alpha * torch.sign(g), -1.0, 1.0)
         outs.append(x_adv.detach())
     model.train()

@@ -21,7 +21,7 @@ from ebjdat.models import JEM
 from ebjdat.train import config as C
 from ebjdat.train.trainer import PhaseTimer, Trainer
 
-from .official import OfficialSettings, official_iteration
+from .official import OfficialSettings, class_gaussian_init, official_iteration
 
 PHASES = ("sgld", "adversarial", "loss_forward", "loss_backward", "optimizer")
 MODELS = ("wrn-10-2", "wrn-16-4", "wrn-28-10")
@@ -84,7 +84,7 @@ def _config(model: str, batch: int, overrides: list[str]) -> C.Config:
         f"model.arch={model}",
         f"data.batch_size={batch}",
         f"data.labelled_batch_size={batch}",
-        "sgld.init=uniform",
+        "sgld.init=gaussian",  # JEM++'s informative init (fitted on the synthetic images)
         "train.eval_limit=0",
         "train.sample_grid=0",
         *overrides,
@@ -161,8 +161,10 @@ def prepare_step(
     )
     ref_buffer = first.buffer.buffer.clone(memory_format=torch.contiguous_format)
 
-    def init_random(n: int) -> torch.Tensor:
-        return torch.empty(n, *ref_buffer.shape[1:], device=device).uniform_(-1, 1)
+    gaussians = first.buffer.gaussians  # the same fitted class Gaussians as the trainer's
+    init_random = class_gaussian_init(
+        gaussians.means, gaussians.scale_tril, tuple(ref_buffer.shape[1:])
+    )
 
     z_pos, z_lab = JEM.to_internal(x_pos).contiguous(), JEM.to_internal(x_lab).contiguous()
     settings = OfficialSettings()
