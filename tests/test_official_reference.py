@@ -2,12 +2,15 @@
 computes the same loss and gradients as our trainer's `official` preset on the same inputs,
 buffer draws and (zero) adversarial starts.
 
-What differs is only the optimisation itself, and that is exact here: chunks of 2 under BN eval
-mode are per-sample computations; the clean logits of the perception loss are the same numbers
-whether cached or recomputed, and sampleXadv's separate f(x~, y) forward repeats the perception
-loss's f.classify(x~) (two graphs of x~ back-propagate to the sum of their gradients); PYLD's 10 x 5 x 0.2 inner steps equal 10 clipped steps of size 1
-because conv1 is linear (method.md §2); the second f(x_p_d) forward repeats the first's output
-(train-mode BN uses batch statistics) and only moves running statistics after they were read.
+What differs is only the optimisation itself, and that is exact here:
+- chunks of 2 under BN eval mode are per-sample computations;
+- the clean logits of the perception loss are the same numbers whether cached or recomputed,
+  and sampleXadv's separate f(x~, y) forward repeats the perception loss's f.classify(x~) (the
+  two graphs of x~ back-propagate to the sum of their gradients);
+- PYLD's 10 x 5 x 0.2 inner steps equal 10 clipped steps of size 1 because conv1 is linear
+  (method.md §2);
+- the second f(x_p_d) forward repeats the first's output (train-mode BN uses batch statistics)
+  and only moves running statistics after they were read.
 Everything runs in float64, so the tolerance is rounding only."""
 
 from __future__ import annotations

@@ -346,6 +346,19 @@ def test_gaussians_fit_and_sample_recover_class_statistics() -> None:
     torch.testing.assert_close(s.mean(0), means.mean(0), atol=0.01, rtol=0)
 
 
+def test_sync_free_gaussian_draw_equals_the_grouped_one() -> None:
+    """The draw CUDA uses for random classes (every row through every class, no host sync)
+    gives the grouped draw's numbers; both are exercised here on CPU."""
+    x, labels, _, _ = synthetic()
+    gs = ClassGaussians().fit(x, labels, 3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    eps = torch.randn(50, 2, generator=g, dtype=torch.float64)
+    classes = torch.randint(3, (50,), generator=g)
+    torch.testing.assert_close(
+        gs._draw_all_classes(eps, classes), gs._draw_grouped(eps, classes), rtol=1e-12, atol=1e-12
+    )
+
+
 def test_gaussian_samples_clipped_and_buffer_balanced() -> None:
     x = torch.cat([torch.randn(200, 4) * 0.5 + 0.9, torch.randn(200, 4) * 0.05 - 0.2])
     labels = torch.cat([torch.zeros(200), torch.ones(200)]).long()

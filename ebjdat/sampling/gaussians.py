@@ -11,6 +11,9 @@ import math
 
 import torch
 
+# The sync-free draw materialises [K, n, D]; above this many elements the grouped draw is used.
+ALL_CLASSES_MAX_ELEMENTS = 1 << 26
+
 
 class ClassGaussians:
     """N(mu_c, Sigma_c + jitter * I) for each class c, stored as means [K, D] and Cholesky
@@ -90,6 +93,9 @@ class ClassGaussians:
         Gaussian per image. All draws use `generator` (on the Gaussians' device)."""
         means = self._fitted()
         dev, k_total, d = means.device, means.shape[0], means.shape[1]
+        # Random classes (a training iteration's re-initialisations) are drawn without a host
+        # sync on CUDA; given classes are checked by the grouped draw.
+        sync_free = classes is None and dev.type == "cuda"
         if classes is None:
             classes = torch.randint(k_total, (n,), generator=generator, device=dev)
         else:
@@ -97,8 +103,18 @@ class ClassGaussians:
             if classes.shape != (n,):
                 raise ValueError(f"classes must have shape ({n},), got {tuple(classes.shape)}")
         eps = torch.randn(n, d, generator=generator, device=dev, dtype=means.dtype)
+        if sync_free and n * k_total * d <= ALL_CLASSES_MAX_ELEMENTS:
+            out = self._draw_all_classes(eps, classes)
+        else:
+            out = self._draw_grouped(eps, classes)
+        return out.clamp_(-1.0, 1.0).reshape(n, *self.shape)
+
+    def _draw_grouped(self, eps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Rows grouped by class, one [m, D] x [D, D] matmul each: the fewest FLOPs, but the
+        group sizes are read on the host (a sync on CUDA)."""
+        means = self._fitted()
+        k_total = means.shape[0]
         out = torch.empty_like(eps)
-        # Group rows by class so each class costs one [m, D] x [D, D] matmul; one host sync.
         order = torch.argsort(classes, stable=True)
         counts = torch.bincount(classes, minlength=k_total).tolist()
         if len(counts) > k_total:
@@ -109,7 +125,18 @@ class ClassGaussians:
                 rows = order[start : start + m]
                 out[rows] = torch.addmm(means[k], eps[rows], self.scale_tril[k].T)
                 start += m
-        return out.clamp_(-1.0, 1.0).reshape(n, *self.shape)
+        return out
+
+    def _draw_all_classes(self, eps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Every row through every class's transform, then each row's own class picked: K times
+        the FLOPs of the grouped draw but no host sync, which is what a training iteration on a
+        GPU wants for its per-step re-initialisations."""
+        means = self._fitted()
+        k_total, (n, d) = means.shape[0], eps.shape
+        every = torch.baddbmm(
+            means[:, None, :], eps.expand(k_total, n, d), self.scale_tril.transpose(1, 2)
+        )
+        return every[classes, torch.arange(n, device=eps.device)]
 
     def to(self, device: torch.device | str) -> ClassGaussians:
         """A copy on `device` (self when already there)."""
