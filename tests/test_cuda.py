@@ -185,3 +185,13 @@ def test_training_step_with_cuda_graphs_keeps_the_loss(tmp_path) -> None:  # noq
         x_lab, y = next(iter(trainer.labelled))
         losses.append([trainer.train_step(x_pos, x_lab, y).total.item() for _ in range(3)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-5)
+
+
+def test_trainer_sets_cudnn_benchmark(tmp_path) -> None:  # noqa: ANN001
+    from ebjdat.train import Trainer, config
+
+    for flag in (False, True):
+        cfg = config.load_preset("digits")
+        config.override(cfg, f"train.cudnn_benchmark={str(flag).lower()}")
+        Trainer(cfg.validate(), tmp_path / str(flag), device="cuda", progress_bar=False)
+        assert torch.backends.cudnn.benchmark is flag

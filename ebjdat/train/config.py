@@ -125,6 +125,9 @@ class TrainConfig:
     # CUDA only: capture one SGLD and one adversarial step as CUDA graphs and replay them
     # (sampling/cuda_graphs.py); the same function, fewer kernel launches.
     cuda_graphs: bool = False
+    # CUDA only: let cuDNN time its convolution algorithms for the (fixed) batch shapes once and
+    # keep the fastest, as the official code does; off gives cuDNN's heuristic choice.
+    cudnn_benchmark: bool = True
 
 
 @dataclass

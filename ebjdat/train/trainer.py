@@ -137,6 +137,8 @@ class Trainer:
             raise ConfigError(
                 f"train.cuda_graphs needs a CUDA device, not {self.device}; set it to false"
             )
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # The forward the samplers and the loss call (compiled or not); evaluation and
