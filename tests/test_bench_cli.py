@@ -175,6 +175,7 @@ def test_step_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         # The FLOP floor: the counted FLOPs at the measured bfloat16 matmul rate.
         assert row["floor_s"] == pytest.approx(row["flops"] / (rates["bfloat16"] * 1e12))
         assert row["x_floor"] == pytest.approx(row["median_s"] / row["floor_s"])
+        assert row["cifar10_epoch_min"] == pytest.approx(12500 * row["median_s"] / 60)  # batch 4
     assert "x official" in capsys.readouterr().out
 
 
