@@ -170,6 +170,26 @@ def test_cuda_graph_switch_refuses_cpu_tensors() -> None:
         adversarial_samples(model, z0, torch.arange(2), cuda_graph=True)
 
 
+def test_cuda_graph_cache_key_is_stable_and_holds_no_model() -> None:
+    """The captured-graph cache is keyed by the forward function: a fresh bound method of the
+    same model must hit the same entry, and the key must not keep the model alive."""
+    import gc
+    import weakref
+
+    from ebjdat.sampling.cuda_graphs import callable_key
+
+    model = make_model()
+    assert callable_key(model.logits_internal) == callable_key(model.logits_internal)
+    assert callable_key(model.logits_internal) != callable_key(make_model().logits_internal)
+    fn = torch.compile(model.logits_internal)
+    assert callable_key(fn) == callable_key(fn)
+    keys = [callable_key(model.logits_internal), callable_key(fn)]
+    ref = weakref.ref(model)
+    del model, fn
+    gc.collect()
+    assert ref() is None and len(keys) == 2
+
+
 def test_sgld_under_no_grad_and_inference_mode() -> None:
     model = make_model(bn=False)
     z0 = uniform(2, 6)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ebjdat import ops
-from ebjdat.sampling.cuda_graphs import check_cuda_graph_inputs, replay_loop
+from ebjdat.sampling.cuda_graphs import callable_key, check_cuda_graph_inputs, replay_loop
 from ebjdat.sampling.sgld import (
     LogitsFn,
     frozen_parameters,
@@ -146,7 +146,7 @@ def adversarial_samples(
             z_adv = z.clone()
         inputs["z_adv"] = z_adv
         if cuda_graph and cfg.steps > 0:
-            key = ("adversarial", fn, cfg)
+            key = ("adversarial", callable_key(fn), cfg)
             return replay_loop(model, key, inputs, step, cfg.steps)["z_adv"]
         for _ in range(cfg.steps):
             step(inputs)

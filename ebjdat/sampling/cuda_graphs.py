@@ -39,6 +39,18 @@ _GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, _Captured]] = (
 )
 
 
+def callable_key(fn: Callable) -> Hashable:
+    """A cache-key part for the forward function that holds no strong reference (a bound
+    method of the model would keep the model, and so its graphs, alive forever)."""
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and hasattr(fn, "__func__"):
+        return ("method", id(owner), fn.__func__)
+    try:
+        return ("callable", weakref.ref(fn))
+    except TypeError:
+        return ("callable", id(fn))
+
+
 def check_cuda_graph_inputs(*tensors: torch.Tensor) -> None:
     """cuda_graph=True needs CUDA tensors; anything else is a usage error, not a silent fallback."""
     for t in tensors:

@@ -172,7 +172,10 @@ def sgld(
     inputs = {"z": z} if y is None else {"z": z, "y": y}
     with model_mode(model, bn_train), frozen_parameters(model):
         if cuda_graph and steps > 0:
-            key = ("sgld", fn, bn_train, step_size, grad_clip, noise_std, clamp)
+            key = (
+                ("sgld", cuda_graphs.callable_key(fn)),
+                (bn_train, step_size, grad_clip, noise_std, clamp),
+            )
             return cuda_graphs.replay_loop(model, key, inputs, step, steps, generator)["z"]
         for _ in range(steps):
             step(inputs)
