@@ -299,7 +299,9 @@ class Trainer:
         """One optimiser step. The forwards run in the official order (positives, SGLD, samples,
         labelled, adversarial sampling, adversarial), so BatchNorm running statistics, which the
         eval-mode adversarial sampler reads, evolve exactly as in the official code, but no input
-        is forwarded twice."""
+        is forwarded twice. A diverged step is recorded, not raised, so that nothing waits for the
+        device: `self.watch.check()` raises Diverged (fit() calls it every train.sync_every
+        iterations and before every checkpoint)."""
         phase = timer or PhaseTimer(enabled=False)
         lr = learning_rate(
             self.cfg.optim, self.state.iteration, self.state.epoch, self.state.lr_scale
