@@ -390,10 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         "step",
         help="time one training iteration: the official loop's reference vs ebjdat",
         description="Time one EB-JDAT-JEM++ iteration (preset 'official', CIFAR-shaped synthetic "
-        "data) two ways from the same initial weights and batches: 'official', a faithful eager "
-        "re-implementation of the official code (micro-batches of 2, clean logits recomputed, "
-        "PYLD, unfused updates), and 'ebjdat' (the trainer). Prints the median time, a "
-        "per-phase breakdown, FLOPs counted once per implementation and the ratio.",
+        "data, class-Gaussian replay buffer) two ways from the same initial weights and batches: "
+        "'official', a faithful eager re-implementation of the official code (adversarial "
+        "micro-batches of 2 with three forwards per step, PYLD, per-image Gaussian "
+        "re-initialisation, unfused updates, NCHW), and 'ebjdat' (the trainer), plus one row per "
+        "--variants entry. Prints the median time, a per-phase breakdown, FLOPs counted once per "
+        "implementation, TFLOP/s, the ratio, minutes per CIFAR-10 epoch, and the distance from "
+        "the FLOP floor at the bfloat16 matmul rate measured first.",
     )
     step_parser.add_argument(
         "--device", default=default_device(), help="cpu, cuda or cuda:N (default: %(default)s)"
