@@ -91,10 +91,14 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _line(cells: Sequence[str], columns: Sequence[tuple[str, int]] = _COLUMNS) -> str:
-    """Text columns (the first three and the last) left-aligned, numbers right-aligned."""
+def _line(
+    cells: Sequence[str], columns: Sequence[tuple[str, int]] = _COLUMNS, text_last: bool = True
+) -> str:
+    """Text columns (the first three, and the last when text_last) left-aligned, numbers
+    right-aligned."""
+    last = len(columns) - 1 if text_last else -1
     parts = [
-        cell.ljust(width) if i < 3 or i == len(columns) - 1 else cell.rjust(width)
+        cell.ljust(width) if i < 3 or i == last else cell.rjust(width)
         for i, (cell, (_, width)) in enumerate(zip(cells, columns, strict=True))
     ]
     return "  ".join(parts).rstrip()
@@ -254,7 +258,7 @@ def run_step(args: argparse.Namespace) -> int:
               "x official", "C10 epoch min", "x floor"]
     columns = [(t, max(len(t), 9)) for t in titles]
     columns[1] = ("impl", 22)
-    print(_line(titles, columns))
+    print(_line(titles, columns, text_last=False))
     for model in models:
         results = bench_step.run_step(
             model,
@@ -281,6 +285,7 @@ def run_step(args: argparse.Namespace) -> int:
                         f"{r.median_s / floor_s:.1f}",
                     ],
                     columns,
+                    text_last=False,
                 ),
                 flush=True,
             )
