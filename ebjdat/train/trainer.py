@@ -401,6 +401,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python_rng": list(random.getstate()[1]),
+            "watch": self.watch.state_dict(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -461,6 +462,7 @@ class Trainer:
         if local["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(local["cuda_rng"])
         random.setstate((3, tuple(local["python_rng"]), None))
+        self.watch.load_state_dict(local.get("watch", {}))
 
     def save(self, *names: str) -> None:
         self.watch.check()  # never write a checkpoint after an unchecked diverged step
@@ -498,8 +500,7 @@ class Trainer:
                 f"help; the last good checkpoint is {self.ckpt_dir / 'last.pt'}"
             )
         state = checkpoint.load(self.ckpt_dir / "last.pt", map_location=self.device)
-        self.load_state_dict(state)
-        self.watch.reset()
+        self.load_state_dict(state)  # the watch too: the checkpoint's sums, nothing pending
         self.state.retries, self.state.lr_scale = retries, scale
         self.state.seed = self.cfg.train.seed + 7919 * retries
         self.generator.manual_seed(self.state.seed * 1000 + self.dist.rank + 4)
@@ -547,7 +548,8 @@ class Trainer:
         )
         every = self.cfg.train.checkpoint_every_iters
         sync_every = self.cfg.train.sync_every
-        self.watch.reset()
+        if not 0 < self.labelled.position < len(self.labelled):
+            self.watch.reset()  # a new epoch; a mid-epoch resume keeps the restored sums
         for x_lab, y in self.labelled:
             self.train_step(self._next_positives(), x_lab, y)
             bar.update(1)

@@ -83,6 +83,21 @@ class StepWatch:
             f"{int(self._first_bad)}"
         )
 
+    def state_dict(self) -> dict:
+        """The running sums (weights_only-safe), so a mid-epoch resume logs the epoch's exact
+        means. Taken after a check, so no bad step is pending."""
+        return {"count": self.count, "keys": list(self._keys), "sums": self._sums}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()
+        if state.get("sums") is not None:
+            self.count, self._keys = int(state["count"]), tuple(state["keys"])
+            self._sums = state["sums"].to(self.device).clone()
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+            self._bad_values = torch.zeros(
+                1 + sum(k in ("e_q", "e_pos", "e_adv") for k in self._keys), device=self.device
+            )
+
     def means(self) -> dict[str, float]:
         """Mean of each metric since the last reset (host sync)."""
         if self._sums is None or self.count == 0:
