@@ -7,13 +7,20 @@
   3. runs the op benchmarks on the GPU (ebjdat-bench ops, including 2**24-element cases) with
      the float32 device-to-device copy bandwidth as the reference, and checks each fused op
      against the goal: >= 85% of copy bandwidth at >= 2**24 elements;
-  4. writes everything to bench/results/<gpu-name-slug>-<YYYY-MM-DD>.json, to be committed.
+  4. runs the training-iteration benchmark (ebjdat-bench step: official reference vs ebjdat,
+     WRN-10-2 and WRN-28-10, every GPU variant: bf16, CUDA graphs);
+  5. writes everything to <out-dir>/<gpu-name-slug>-<YYYY-MM-DD>.json, to be committed. The file
+     is rewritten after every step ("complete": false until the end), so a run cut off by a
+     time limit keeps what it finished.
 
 Each step runs in a subprocess, so the tests and benchmarks load the freshly built extension.
-Without a GPU (or with --cpu-only) it runs the CPU-safe part, a quick CPU op benchmark, says
-which GPU steps were skipped, and writes bench/results/cpu-<date>.json only with --write-cpu.
+`--skip tests ops step` leaves parts out so that the check can be split over shorter runs (the
+later ones with --skip-build); a partial run names its file after the parts it holds.
+Without a GPU (or with --cpu-only) it runs the CPU-safe part, a quick CPU op and step benchmark,
+says which GPU steps were skipped, and writes <out-dir>/cpu-<date>.json only with --write-cpu.
 
-    python scripts/gpu_check.py [--skip-build] [--quick] [--cpu-only] [--write-cpu] [--out-dir D]
+    python scripts/gpu_check.py [--skip-build] [--skip PART ...] [--quick] [--cpu-only]
+                                [--write-cpu] [--out-dir D]
 
 Exit status: 0 when every step that ran succeeded (missing the bandwidth goal is reported, not
 a failure), 1 when a step failed, 2 on bad arguments.
@@ -45,6 +52,7 @@ RESULTS = ROOT / "bench" / "results"
 GOAL_FRACTION = 0.85
 GOAL_NUMEL = 1 << 24
 TAIL_LINES = 60
+GPU_PARTS = ("tests", "ops", "step")
 
 
 @dataclass(frozen=True)
@@ -72,22 +80,35 @@ def detect_gpu() -> Gpu | None:
 
 
 def plan(
-    gpu: Gpu | None, *, skip_build: bool = False, cpu_only: bool = False, write_cpu: bool = False
+    gpu: Gpu | None,
+    *,
+    skip_build: bool = False,
+    cpu_only: bool = False,
+    write_cpu: bool = False,
+    skip: Sequence[str] = (),
 ) -> list[Step]:
-    """What this invocation will do, and why each skipped step is skipped (printed first)."""
+    """What this invocation will do, and why each skipped step is skipped (printed first).
+    `skip` names GPU parts to leave out ("tests", "ops", "step"), so that the check can be
+    split over several shorter runs (a device tool's per-command limit, say)."""
     on_gpu = gpu is not None and not cpu_only
     no_gpu = "--cpu-only" if gpu is not None else "no CUDA GPU visible to torch"
+
+    def gpu_part(name: str, what: str) -> Step:
+        run = on_gpu and name.removeprefix("cuda-") not in skip
+        why = what if run else (f"--skip {name.removeprefix('cuda-')}" if on_gpu else no_gpu)
+        return Step(name, run, why)
+
     return [
         Step("build", on_gpu and not skip_build,
              "rebuild ebjdat._C for this GPU" if on_gpu and not skip_build
              else "--skip-build" if on_gpu else no_gpu),
-        Step("cuda-tests", on_gpu, "pytest tests -m cuda" if on_gpu else no_gpu),
-        Step("cuda-bench", on_gpu,
-             "op benchmarks and copy bandwidth on cuda" if on_gpu else no_gpu),
+        gpu_part("cuda-tests", "pytest tests -m cuda"),
+        gpu_part("cuda-ops", "op benchmarks and copy bandwidth on cuda"),
+        gpu_part("cuda-step", "training-iteration benchmark on cuda (every GPU variant)"),
         Step("cpu-bench", not on_gpu,
              "quick CPU op benchmark (smoke test)" if not on_gpu else "a GPU is present"),
         Step("write-results", on_gpu or write_cpu,
-             "results JSON under bench/results" if on_gpu or write_cpu
+             "results JSON under --out-dir, rewritten after every step" if on_gpu or write_cpu
              else "CPU results are written only with --write-cpu"),
     ]
 
@@ -302,7 +323,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--write-cpu", action="store_true",
                         help="without a GPU, still write bench/results/cpu-<date>.json")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,
-                        help="where results go (default: bench/results)")
+                        help="where results go (default: bench/results; on a lent machine whose "
+                        "files come back from one folder, that folder)")
+    parser.add_argument("--skip", nargs="+", default=[], choices=GPU_PARTS, metavar="PART",
+                        help="GPU parts to leave out, to split the check over shorter runs: "
+                        + ", ".join(GPU_PARTS) + " (with --skip-build on the later runs)")
     parser.add_argument("--dtype", nargs="+", default=["float32"],
                         choices=["float32", "bfloat16", "float16"],
                         help="dtypes for the GPU op benchmarks (default: float32)")
@@ -311,26 +336,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def results_name(gpu: Gpu | None, kind: str, today: str, skip: Sequence[str]) -> str:
+    """<gpu-slug>-<date>.json; a partial run (--skip) says which parts it holds, so that split
+    runs write separate files."""
+    parts = [p for p in GPU_PARTS if p not in skip]
+    suffix = "" if kind != "gpu" or len(parts) == len(GPU_PARTS) else "-" + "-".join(parts)
+    return (slug(gpu.name) if kind == "gpu" and gpu else "cpu") + f"-{today}{suffix}.json"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     gpu = detect_gpu()
     steps = plan(gpu, skip_build=args.skip_build, cpu_only=args.cpu_only,
-                 write_cpu=args.write_cpu)
+                 write_cpu=args.write_cpu, skip=args.skip)
     print(f"ebjdat GPU check: {gpu.name + f' (sm {gpu.arch})' if gpu else 'no CUDA GPU'}, "
           f"torch {torch.__version__}")
     for step in steps:
         print(f"  {'run ' if step.run else 'skip'}  {step.name:<14} {step.why}")
     todo = {step.name for step in steps if step.run}
+    on_gpu = bool(todo & {"build", "cuda-tests", "cuda-ops", "cuda-step"})
     today = dt.date.today().isoformat()
     results: dict = {
-        "kind": "gpu" if "cuda-bench" in todo else "cpu",
+        "kind": "gpu" if on_gpu else "cpu",
         "date": today,
         "gpu": None if gpu is None else {"name": gpu.name, "capability": gpu.arch},
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "steps": [asdict(step) for step in steps],
+        "complete": False,
     }
+    path = args.out_dir / results_name(gpu, results["kind"], today, args.skip)
+
+    def save() -> None:
+        """Written after every step, so a run cut off by a time limit keeps what it finished."""
+        if "write-results" in todo:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=2) + "\n")
+
     ok = True
+    save()
     with tempfile.TemporaryDirectory(prefix="ebjdat-gpu-check-") as tmp:
         workdir = Path(tmp)
         if "build" in todo:
@@ -338,13 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["build"] = build(gpu, args.arch, workdir)
             ok = results["build"]["ok"]
             print(f"    build {'ok' if ok else 'FAILED'}: {results['build'].get('error', '')}")
-        if ok and "cuda-tests" in todo:
+            save()
+        built = ok
+        if built and "cuda-tests" in todo:
             _banner("CUDA tests: pytest tests -m cuda")
             results["tests"] = cuda_tests(workdir)
             ok = results["tests"]["ok"]
-        if "cuda-bench" in todo and "build" in results and not results["build"]["ok"]:
+            save()
+        if not built and todo & {"cuda-ops", "cuda-step"}:
             print("\nbenchmarks skipped: the build failed")
-        elif "cuda-bench" in todo:
+        if built and "cuda-ops" in todo:
             _banner("op benchmarks on cuda")
             results["bench"] = bench_ops("cuda", workdir, quick=args.quick, dtypes=args.dtype,
                                          sizes=("training", "buffer", "large"))
@@ -354,9 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{GOAL_NUMEL} elements")
                 results["goal"] = bandwidth_goal(results["bench"])
                 print_goal(results["goal"])
+            save()
+        if built and "cuda-step" in todo:
             _banner("training-iteration benchmark on cuda")
             results["step"] = bench_step("cuda", workdir, quick=args.quick)
             ok = ok and results["step"]["ok"]
+            save()
         if "cpu-bench" in todo:
             _banner("quick CPU op benchmark")
             results["bench"] = bench_ops("cpu", workdir, quick=True, dtypes=["float32"], sizes=())
@@ -368,11 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if skipped:
         print("\nGPU parts skipped: " + "; ".join(f"{s.name} ({s.why})" for s in skipped))
     results["ok"] = ok
+    results["complete"] = True
+    save()
     if "write-results" in todo:
-        name = (slug(gpu.name) if results["kind"] == "gpu" else "cpu") + f"-{today}.json"
-        path = args.out_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {path}")
     print("GPU check " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1

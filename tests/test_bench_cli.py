@@ -116,12 +116,22 @@ def test_gpu_check_plan() -> None:
     def runs(steps: list) -> set[str]:
         return {s.name for s in steps if s.run}
 
-    assert runs(gpu_check.plan(h100)) == {"build", "cuda-tests", "cuda-bench", "write-results"}
-    assert runs(gpu_check.plan(h100, skip_build=True)) == {"cuda-tests", "cuda-bench",
-                                                           "write-results"}
+    gpu_parts = {"cuda-tests", "cuda-ops", "cuda-step"}
+    assert runs(gpu_check.plan(h100)) == {"build", *gpu_parts, "write-results"}
+    assert runs(gpu_check.plan(h100, skip_build=True)) == {*gpu_parts, "write-results"}
     assert runs(gpu_check.plan(None)) == {"cpu-bench"}
     assert runs(gpu_check.plan(h100, cpu_only=True, write_cpu=True)) == {"cpu-bench",
                                                                          "write-results"}
+    # Split over shorter runs: each part alone, its own results file.
+    split = gpu_check.plan(h100, skip_build=True, skip=["tests", "ops"])
+    assert runs(split) == {"cuda-step", "write-results"}
+    assert {s.name: s.why for s in split}["cuda-ops"] == "--skip ops"
+    assert gpu_check.results_name(h100, "gpu", "2026-11-25", ["tests", "ops"]) == (
+        "nvidia-h100-80gb-hbm3-2026-11-25-step.json"
+    )
+    assert gpu_check.results_name(h100, "gpu", "2026-11-25", []) == (
+        "nvidia-h100-80gb-hbm3-2026-11-25.json"
+    )
 
 
 def test_gpu_check_goal_verdict() -> None:
@@ -152,7 +162,7 @@ def test_gpu_check_cpu_path(tmp_path: Path) -> None:
     assert "GPU parts skipped" in proc.stdout
     (written,) = tmp_path.glob("cpu-*.json")
     results = json.loads(written.read_text())
-    assert results["kind"] == "cpu" and results["ok"] is True
+    assert results["kind"] == "cpu" and results["ok"] is True and results["complete"] is True
     assert {r["impl"] for r in results["bench"]["rows"]} == {"eager", "fused"}
     assert not any(s["run"] for s in results["steps"] if s["name"].startswith(("build", "cuda")))
 
