@@ -240,6 +240,11 @@ def bench_ops(device: str, workdir: Path, *, quick: bool, dtypes: Sequence[str],
     cmd = [sys.executable, "-m", "ebjdat.cli.bench", "ops", "--device", device, "--json", str(out),
            "--dtype", *dtypes]
     cmd += ["--quick"] if quick else ["--sizes", *sizes]
+    return _run_bench(cmd, out)
+
+
+def _run_bench(cmd: list[str], out: Path) -> dict:
+    """Run an `ebjdat-bench ... --json out` command; its JSON, or the log tail on failure."""
     rc, tail, seconds = run_logged(cmd)
     info: dict = {"ok": rc == 0 and out.exists(), "rc": rc, "seconds": round(seconds, 1),
                   "command": " ".join(cmd[2:])}
@@ -259,14 +264,7 @@ def bench_step(device: str, workdir: Path, *, quick: bool) -> dict:
     cmd += ["--quick"] if quick else ["--models", "wrn-10-2", "wrn-28-10", "--repeats", "3"]
     if device == "cuda":  # every GPU switch, each its own row in the same run
         cmd += ["--variants", "default", "bf16", "cuda-graphs", "bf16-cuda-graphs"]
-    rc, tail, seconds = run_logged(cmd)
-    info: dict = {"ok": rc == 0 and out.exists(), "rc": rc, "seconds": round(seconds, 1),
-                  "command": " ".join(cmd[2:])}
-    if info["ok"]:
-        info.update(json.loads(out.read_text()))
-    else:
-        info["log_tail"] = tail
-    return info
+    return _run_bench(cmd, out)
 
 
 def bandwidth_goal(bench: dict) -> dict:

@@ -56,6 +56,7 @@ class StepWatch:
         metrics = torch.stack([getattr(terms, k).detach().float() for k in keys])
         if self._sums is None or keys != self._keys:
             self._keys, self._sums = keys, torch.zeros_like(metrics)
+        if self._first_bad is None:
             self._first_bad = torch.full((), -1, dtype=torch.long, device=checked.device)
             self._bad_values = torch.zeros_like(checked)
         self._sums += metrics
@@ -93,10 +94,6 @@ class StepWatch:
         if state.get("sums") is not None:
             self.count, self._keys = int(state["count"]), tuple(state["keys"])
             self._sums = state["sums"].to(self.device).clone()
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-            self._bad_values = torch.zeros(
-                1 + sum(k in ("e_q", "e_pos", "e_adv") for k in self._keys), device=self.device
-            )
 
     def means(self) -> dict[str, float]:
         """Mean of each metric since the last reset (host sync)."""
