@@ -5,9 +5,12 @@
 
 #include "philox.h"  // EBJDAT_HD
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ebjdat {
 
@@ -96,12 +99,19 @@ inline at::Tensor batch_major_like(const at::Tensor& x) {
 
 namespace ebjdat {
 
+// Temperatures the energy head accepts (as ebjdat/ops/_checks.py): in float32, T, 1/T, T * log(K)
+// and the scaled logit gaps then stay normal numbers with a wide margin.
+constexpr double kMinTemperature = 1e-30, kMaxTemperature = 1e30;
+
 // Shared host-side checks of the energy head (CPU and CUDA).
 inline void check_logits(const at::Tensor& logits, double temperature) {
   check_float(logits, "logits");
   TORCH_CHECK_VALUE(logits.dim() == 2, "ebjdat: logits must be 2-D [B, K], got shape ",
                     logits.sizes());
   TORCH_CHECK_VALUE(temperature > 0, "ebjdat: temperature must be > 0, got ", temperature);
+  TORCH_CHECK_VALUE(temperature >= kMinTemperature && temperature <= kMaxTemperature,
+                    "ebjdat: temperature must be finite and within [1e-30, 1e+30], got ",
+                    temperature);
 }
 
 // Labels as contiguous int64 (undefined without y), after type, shape and device checks. The
@@ -138,6 +148,108 @@ inline void check_per_row(const at::Tensor& t, const char* name, const at::Tenso
 
 namespace ebjdat {
 
+// L2 norms of a sample without overflow or underflow (pgd_step, as ebjdat/ops/pgd_step.py
+// defines them). sum(v^2) is exact enough when max|v| lies in [2^-32, 2^32] (2^-256..2^256 for
+// double): no square overflows, and those that underflow are < 2^-60 of the largest. Any other
+// sample is summed again as (v * s)^2 with s = l2_prescale(max|v|); v / ||v|| = (v * s) / ||v * s||
+// holds for any s > 0, so the direction does not depend on which way it was computed.
+template <typename T>
+EBJDAT_HD bool l2_direct(T vmax, T sum_sq) {
+  T lo, hi;
+  if constexpr (sizeof(T) == sizeof(double)) {
+    lo = T(0x1p-256);
+    hi = T(0x1p256);
+  } else {
+    lo = T(0x1p-32);
+    hi = T(0x1p32);
+  }
+  return vmax >= lo && vmax <= hi && sum_sq == sum_sq;  // a NaN sum takes the rescale too
+}
+
+// 1 / vmax with vmax clamped to the normal range [tiny, 1 / tiny], so that s stays a normal number
+// (a flush-to-zero unit would zero a subnormal one) and max|v * s| lies in [2^-23, 4]; an infinite
+// vmax gives 0, so that inf * 0 makes the sample NaN: it has no direction.
+template <typename T>
+EBJDAT_HD T l2_prescale(T vmax) {
+  constexpr T tiny = std::numeric_limits<T>::min();
+  constexpr T huge = T(1) / tiny;
+  if (vmax == std::numeric_limits<T>::infinity()) return T(0);
+  return T(1) / (vmax < tiny ? tiny : (vmax > huge ? huge : vmax));
+}
+
+// Memory overlap of an in-place update, as ebjdat/ops/_checks.py checks it for the other backends:
+// the written tensor must not have two elements at one address, and every input must be either
+// the written tensor itself (same memory, same strides: each element reads only itself) or share
+// no element with it, since the kernels write while they read.
+
+// Storage offsets (in elements) of every element of t, on the CPU.
+inline at::Tensor element_offsets(const at::Tensor& t) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  at::Tensor offs = at::full({1}, t.storage_offset(), opts);
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    offs = (offs.unsqueeze(1) + at::arange(t.size(d), opts) * t.stride(d)).reshape({-1});
+  }
+  return offs;
+}
+
+// 1: the strides prove the elements distinct; 0: they prove an overlap; -1: undecided.
+inline int strides_disjoint(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size), sizes > 1
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) != 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  for (const auto& [stride, size] : dims) {
+    if (stride == 0) return 0;
+    if (stride <= reach) return -1;
+    reach += (size - 1) * stride;
+  }
+  return 1;
+}
+
+inline void check_no_internal_overlap(const char* op, const at::Tensor& t, const char* name) {
+  if (t.numel() == 0 || t.is_non_overlapping_and_dense()) return;
+  int disjoint = strides_disjoint(t);
+  if (disjoint < 0) {  // an unusual as_strided layout: look at the offsets themselves
+    const at::Tensor offs = element_offsets(t);
+    disjoint = std::get<0>(at::_unique(offs)).numel() == offs.numel();
+  }
+  TORCH_CHECK_VALUE(disjoint, "ebjdat: ", op, ": ", name,
+                    " has elements that share memory (an expanded or overlapping view), so "
+                    "writing it in place is ill-defined; pass ", name,
+                    ".clone() or a contiguous tensor");
+}
+
+inline void check_no_partial_overlap(const char* op, const at::Tensor& t, const char* name,
+                                     const at::Tensor& out, const char* out_name) {
+  if (t.numel() == 0 || out.numel() == 0 || !t.storage().is_alias_of(out.storage())) return;
+  auto span = [](const at::Tensor& v) {
+    int64_t last = v.storage_offset();
+    for (int64_t d = 0; d < v.dim(); ++d) last += (v.size(d) - 1) * v.stride(d);
+    const int64_t item = static_cast<int64_t>(v.element_size());
+    return std::pair<int64_t, int64_t>(v.storage_offset() * item, (last + 1) * item);
+  };
+  const auto [a0, a1] = span(t);
+  const auto [b0, b1] = span(out);
+  if (a1 <= b0 || b1 <= a0) return;
+  const bool comparable = t.scalar_type() == out.scalar_type() && t.sizes() == out.sizes();
+  if (comparable && t.storage_offset() == out.storage_offset()) {
+    bool same = true;
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      same = same && (t.size(d) == 1 || t.stride(d) == out.stride(d));
+    }
+    if (same) return;
+  }
+  if (comparable && !(t.is_non_overlapping_and_dense() && out.is_non_overlapping_and_dense())) {
+    // Strided views can interleave within one span without sharing an element.
+    if (!at::isin(element_offsets(t), element_offsets(out)).any().item<bool>()) return;
+  }
+  TORCH_CHECK_VALUE(false, "ebjdat: ", op, ": ", name, " partially overlaps ", out_name,
+                    ", which is written in place; pass ", name, ".clone() (the very same tensor as ",
+                    out_name, " is fine)");
+}
+
 // Host-side preparation shared by the CPU and CUDA entry points: argument checks, the output
 // layout and the inputs laid out like it. The kernels then only compute.
 
@@ -166,8 +278,20 @@ inline SgldInputs prepare_sgld(const at::Tensor& out, const at::Tensor& x, const
   return in;
 }
 
+// Checks for the in-place sgld_step_ (before any write): what prepare_sgld checks, then overlap.
+inline void check_sgld_inplace(const at::Tensor& x, const at::Tensor& grad,
+                               const std::optional<at::Tensor>& noise) {
+  check_float(x, "x");
+  check_like(grad, "grad", x, "x");
+  if (noise) check_like(*noise, "noise", x, "x");
+  check_no_internal_overlap("sgld_step_", x, "x");
+  check_no_partial_overlap("sgld_step_", grad, "grad", x, "x");
+  if (noise) check_no_partial_overlap("sgld_step_", *noise, "noise", x, "x");
+}
+
 // The in-place op through its out-of-place body: a dense x is written directly (each element
-// reads only itself), any other x through a temporary.
+// reads only itself, and check_sgld_inplace has ruled out inputs that alias it otherwise), any
+// other x through a temporary.
 template <typename Into>
 void update_in_place(const at::Tensor& x, Into into) {
   at::Tensor out = x.is_non_overlapping_and_dense() ? x : at::empty_like(x);
@@ -257,18 +381,19 @@ inline EnergyForward prepare_energy_forward(const at::Tensor& logits_in,
   return f;
 }
 
+// The backward recomputes each row's max and exp-sums from the logits instead of taking them from
+// the saved energy: -energy / T rebuilt from a rounded energy is off by |energy| / T ulps, which
+// for a small T is more than the whole softmax.
 struct EnergyBackward {
   at::Tensor logits, y;                          // as in the forward
-  at::Tensor energy, ce;                         // saved outputs, accumulation dtype
   at::Tensor grad_energy, grad_cond, grad_ce;    // accumulation dtype, undefined when absent
   at::Tensor grad;                               // row-major, logits' dtype
 };
 
 inline EnergyBackward prepare_energy_backward(
-    const at::Tensor& logits_in, const std::optional<at::Tensor>& y, const at::Tensor& energy,
-    const at::Tensor& ce, const std::optional<at::Tensor>& grad_energy,
-    const std::optional<at::Tensor>& grad_cond, const std::optional<at::Tensor>& grad_ce,
-    double temperature) {
+    const at::Tensor& logits_in, const std::optional<at::Tensor>& y,
+    const std::optional<at::Tensor>& grad_energy, const std::optional<at::Tensor>& grad_cond,
+    const std::optional<at::Tensor>& grad_ce, double temperature) {
   check_logits(logits_in, temperature);
   EnergyBackward b;
   b.logits = logits_in.contiguous();
@@ -284,8 +409,6 @@ inline EnergyBackward prepare_energy_backward(
   b.grad_energy = per_row(grad_energy, "grad_energy");
   b.grad_cond = per_row(grad_cond, "grad_cond");
   b.grad_ce = per_row(grad_ce, "grad_ce");
-  b.energy = per_row(energy, "energy");
-  if (grad_ce) b.ce = per_row(ce, "ce");
   b.grad = at::empty(b.logits.sizes(), b.logits.options());
   return b;
 }

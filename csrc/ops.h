@@ -31,7 +31,6 @@ using EnergyOut = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
                             std::optional<double> clamp_max);                                    \
   EnergyOut energy_head_##dev(const at::Tensor& logits, const OptTensor& y, double temperature); \
   at::Tensor energy_head_backward_##dev(const at::Tensor& logits, const OptTensor& y,            \
-                                        const at::Tensor& energy, const at::Tensor& ce,          \
                                         const OptTensor& grad_energy, const OptTensor& grad_cond, \
                                         const OptTensor& grad_ce, double temperature);
 

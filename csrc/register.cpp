@@ -1,9 +1,13 @@
 // The one registration file: CPU kernels always, CUDA kernels when built with nvcc. The schemas
 // are defined by ebjdat/ops (Python), which imports this module after defining them.
 #include <Python.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
+
+#include <optional>
 
 #include "ops.h"
 
@@ -38,7 +42,8 @@ TORCH_LIBRARY_IMPL(ebjdat, CUDA, m) {
 
 // Autograd for energy_head in C++ (one kernel for CPU and CUDA): a Python autograd formula costs
 // more than the fused kernels themselves at training batch sizes. The backward redispatches to
-// the fused energy_head_backward of the same device.
+// the fused energy_head_backward of the same device. The other ops' autograd behaviour (not
+// differentiable) is registered from Python, with the schemas (ebjdat/ops/_library.py).
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -59,7 +64,9 @@ class EnergyHeadFunction : public torch::autograd::Function<EnergyHeadFunction> 
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [energy, cond, ce] =
         op.call(logits, labelled ? std::optional<at::Tensor>(y) : std::nullopt, temperature);
-    ctx->save_for_backward({logits, y, energy, ce});
+    // The backward recomputes the row statistics from the logits (see prepare_energy_backward),
+    // so only the inputs are saved.
+    ctx->save_for_backward({logits, y});
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["labelled"] = labelled;
     return {energy, cond, ce};
@@ -69,13 +76,15 @@ class EnergyHeadFunction : public torch::autograd::Function<EnergyHeadFunction> 
     static auto op =
         c10::Dispatcher::singleton()
             .findSchemaOrThrow("ebjdat::energy_head_backward", "")
-            .typed<at::Tensor(const at::Tensor&, const ebjdat::OptTensor&, const at::Tensor&,
-                              const at::Tensor&, const ebjdat::OptTensor&, const ebjdat::OptTensor&,
-                              const ebjdat::OptTensor&, double)>();
+            .typed<at::Tensor(const at::Tensor&, const ebjdat::OptTensor&, const ebjdat::OptTensor&,
+                              const ebjdat::OptTensor&, const ebjdat::OptTensor&, double)>();
     const variable_list saved = ctx->get_saved_variables();
     const bool labelled = ctx->saved_data["labelled"].toBool();
-    at::Tensor grad = op.call(saved[0], labelled ? opt(saved[1]) : std::nullopt, saved[2], saved[3],
-                              opt(grads[0]),
+    // A plain backward (grad mode off) skips the backward op's own Autograd kernel, which only
+    // matters under create_graph=True, where it marks the result as not differentiable again.
+    std::optional<at::AutoDispatchBelowAutograd> below;
+    if (!at::GradMode::is_enabled()) below.emplace();
+    at::Tensor grad = op.call(saved[0], labelled ? opt(saved[1]) : std::nullopt, opt(grads[0]),
                               labelled ? opt(grads[1]) : std::nullopt,
                               labelled ? opt(grads[2]) : std::nullopt,
                               ctx->saved_data["temperature"].toDouble());

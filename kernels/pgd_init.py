@@ -44,7 +44,8 @@ def _l2_kernel(x_ptr, out_ptr, d, eps, lo, hi, seed, offset, radius_base, BLOCK:
         ss += tl.where(j < d, z * z, 0.0)
     u = tl.rand(seed, tl.zeros([1], dtype=tl.int64) + offset + radius_base + s)
     r = tl.exp(tl.log(u) / d)
-    scale = eps * r / tl.maximum(tl.sqrt(tl.sum(ss, axis=0)), 1e-12)
+    zn = tl.sqrt(tl.sum(ss, axis=0))  # normals are bounded: no scaling needed
+    scale = tl.where(zn > 0, eps * r / zn, 0.0)
     for j0 in range(0, d, BLOCK):
         j = j0 + tl.arange(0, BLOCK)
         mask = j < d

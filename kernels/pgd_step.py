@@ -1,5 +1,6 @@
 """PGD step in Triton. L-inf: one flat pass. L2: one program per sample with three sweeps
-(||g||, ||delta||, write); a sample is re-read from cache, so memory is read about once."""
+(||g||, ||delta||, write), plus a rescaled one for a norm that would overflow or underflow; a
+sample is re-read from cache, so memory is read about once."""
 
 from __future__ import annotations
 
@@ -40,6 +41,21 @@ def _linf_kernel(
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# L2 norms: a sample whose max |v| lies in [2^-32, 2^32] has sum(v^2) free of overflow and of
+# harmful underflow, and takes the one sweep; any other is summed again as (v * s)^2 with
+# s = 1 / max|v| kept normal (ebjdat/ops/pgd_step.py `prescale`; the C++ kernels use the same).
+_DIRECT_LO = tl.constexpr(2.0**-32)
+_DIRECT_HI = tl.constexpr(2.0**32)
+_TINY = tl.constexpr(2.0**-126)
+_HUGE = tl.constexpr(2.0**126)
+
+
+@triton.jit
+def _prescale(vmax):
+    s = 1.0 / tl.minimum(tl.maximum(vmax, _TINY), _HUGE)
+    return tl.where(vmax == float("inf"), 0.0, s)
+
+
 @triton.jit
 def _l2_kernel(
     a_ptr,
@@ -56,33 +72,66 @@ def _l2_kernel(
 ):
     start = tl.program_id(0).to(tl.int64) * d
     gss = tl.zeros([BLOCK], dtype=tl.float32)
+    gmax = tl.zeros([BLOCK], dtype=tl.float32)
     for j0 in range(0, d, BLOCK):
         j = j0 + tl.arange(0, BLOCK)
         g = tl.load(g_ptr + start + j, mask=j < d, other=0.0).to(tl.float32)
         gss += g * g
-    gscale = step / tl.maximum(tl.sqrt(tl.sum(gss, axis=0)), 1e-12)
+        gmax = tl.maximum(gmax, tl.abs(g))
+    gsum = tl.sum(gss, axis=0)
+    gm = tl.max(gmax, axis=0)
+    rescale = (gm < _DIRECT_LO) | (gm > _DIRECT_HI) | (gsum != gsum)
+    s = tl.where(rescale, _prescale(gm), 1.0)
+    if rescale:
+        gss = tl.zeros([BLOCK], dtype=tl.float32)
+        for j0 in range(0, d, BLOCK):
+            j = j0 + tl.arange(0, BLOCK)
+            q = tl.load(g_ptr + start + j, mask=j < d, other=0.0).to(tl.float32) * s
+            gss += q * q
+        gsum = tl.sum(gss, axis=0)
+    c = tl.where(gsum == 0, 0.0, step / tl.sqrt(gsum))  # an all-zero gradient takes no step
+    t1 = 1.0
     factor = 1.0
     if PROJECT:
         dss = tl.zeros([BLOCK], dtype=tl.float32)
+        dmax = tl.zeros([BLOCK], dtype=tl.float32)
         for j0 in range(0, d, BLOCK):
             j = j0 + tl.arange(0, BLOCK)
             mask = j < d
             a = tl.load(a_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
             g = tl.load(g_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
             o = tl.load(o_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
-            dv = a + gscale * g - o
+            dv = a + (g * s) * c - o
             dss += dv * dv
-        dn = tl.sqrt(tl.sum(dss, axis=0))
-        factor = tl.where(dn > eps, eps / dn, tl.where(dn != dn, dn, 1.0))
+            dmax = tl.maximum(dmax, tl.abs(dv))
+        dsum = tl.sum(dss, axis=0)
+        dm = tl.max(dmax, axis=0)
+        rescale_d = (dm < _DIRECT_LO) | (dm > _DIRECT_HI) | (dsum != dsum)
+        t = tl.where(rescale_d, _prescale(dm), 1.0)
+        if rescale_d:
+            dss = tl.zeros([BLOCK], dtype=tl.float32)
+            for j0 in range(0, d, BLOCK):
+                j = j0 + tl.arange(0, BLOCK)
+                mask = j < d
+                a = tl.load(a_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
+                g = tl.load(g_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
+                o = tl.load(o_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
+                dv = (a + (g * s) * c - o) * t
+                dss += dv * dv
+            dsum = tl.sum(dss, axis=0)
+        r = tl.sqrt(dsum)  # t * ||delta||
+        outside = r > eps * t  # eps * t may overflow to inf: then the sample is inside
+        t1 = tl.where(outside, t, 1.0)
+        factor = tl.where(outside, eps / r, tl.where(r != r, r, 1.0))
     for j0 in range(0, d, BLOCK):
         j = j0 + tl.arange(0, BLOCK)
         mask = j < d
         a = tl.load(a_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
-        v = a + gscale * g
+        v = a + (g * s) * c
         if PROJECT:
             o = tl.load(o_ptr + start + j, mask=mask, other=0.0).to(tl.float32)
-            v = o + (v - o) * factor
+            v = o + ((v - o) * t1) * factor
         v = tl.where(v < lo, lo, v)
         v = tl.where(v > hi, hi, v)
         tl.store(out_ptr + start + j, v.to(out_ptr.dtype.element_ty), mask=mask)

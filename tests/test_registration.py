@@ -24,22 +24,32 @@ def samples(op: str) -> list[tuple]:
     cl = x.contiguous(memory_format=torch.channels_last)
     logits = (values((6, 10), 2) * 4).float()
     y = torch.arange(6) % 10
+    # Inputs that require grad exercise the (non-differentiable) autograd registration.
+    xg = x.clone().requires_grad_()
     if op == "sgld_step":
         return [
             (x, g, 0.1, 0.05, 0.01, -1.0, 1.0, g, None),
             (cl, g, 0.1, None, 0.0, None, None, None, None),
+            (xg, g.clone().requires_grad_(), 0.1, None, 0.0, None, None, None, None),
         ]
     if op == "sgld_step_":
         return [(x.clone(), g, 0.1, 0.05, 0.01, -1.0, 1.0, g, None)]
     if op == "pgd_init":
-        return [(x, 0.0, "linf", 0.0, 1.0, None), (cl, 0.0, "l2", 0.0, 1.0, None)]
+        return [
+            (x, 0.0, "linf", 0.0, 1.0, None),
+            (cl, 0.0, "l2", 0.0, 1.0, None),
+            (xg, 0.0, "l2", None, None, None),
+        ]
     if op == "pgd_step":
-        return [(x, g, x, 0.1, 0.05, "linf", 0.0, 1.0), (cl, g, x, 0.1, 0.5, "l2", None, None)]
+        return [
+            (x, g, x, 0.1, 0.05, "linf", 0.0, 1.0),
+            (cl, g, x, 0.1, 0.5, "l2", None, None),
+            (xg, g, x, 0.1, 0.5, "l2", None, None),
+        ]
     if op == "energy_head":
         return [(logits.requires_grad_(), y, 1.0), (logits.detach().requires_grad_(), None, 2.0)]
-    energy, _, ce = ops.energy_head(logits.detach(), y)
     ge = torch.randn(6)
-    return [(logits.detach(), y, energy.detach(), ce.detach(), ge, ge, ge, 1.0)]
+    return [(logits.detach(), y, ge, ge, ge, 1.0), (logits.detach(), None, ge, None, None, 0.5)]
 
 
 def _opcheck(packet, op: str) -> None:  # noqa: ANN001

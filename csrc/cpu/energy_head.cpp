@@ -1,6 +1,7 @@
 // Fused energy head: one pass over each row of logits gives -T*logsumexp(l/T), -l[y] and the
-// per-sample CE; the backward is one pass over rows too. Outputs are in the accumulation dtype
-// (float32 for half types), as autocast does for logsumexp and cross-entropy.
+// per-sample CE; the backward recomputes each row's max and sums, then writes the gradient.
+// Outputs are in the accumulation dtype (float32 for half types), as autocast does for logsumexp
+// and cross-entropy.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -39,19 +40,36 @@ acc_t row_max(const acc_t* r, int64_t k) {
   return at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return at::vec::maximum(a, b); }, vm);
 }
 
-// log(sum(exp(scale * r))) with the max shift torch.logsumexp uses (an infinite max is not
-// subtracted, so +inf rows give +inf and all -inf rows give -inf).
+// A row's shift m (its max, or 0 when that is infinite: torch.logsumexp does not subtract an
+// infinite max, so +inf rows give +inf and all -inf rows give -inf) and the logs of
+// sum(exp((r - m) * inv_t)) and sum(exp(r - m)), either skipped when not needed. Shifting in logit
+// units keeps every exponent <= 0 and the sums in [1, K] for any temperature.
 template <typename acc_t>
-acc_t row_lse(const acc_t* r, int64_t k, acc_t scale, acc_t max_r) {
+struct RowStats {
+  acc_t shift, log_sum_t, log_sum_1;
+};
+
+template <typename acc_t>
+RowStats<acc_t> row_stats(const acc_t* r, int64_t k, acc_t inv_t, bool need_t, bool need_1) {
   using V = Vectorized<acc_t>;
-  acc_t m = scale * max_r;
+  acc_t m = row_max(r, k);
   if (std::isinf(m)) m = 0;
-  const V vs(scale), vm(m);
-  V acc(0);
+  const V vm(m), vs(inv_t);
+  V st(0), s1(0);
   int64_t i = 0;
-  for (; i + V::size() <= k; i += V::size()) acc = acc + (V::loadu(r + i) * vs - vm).exp();
-  if (i < k) acc = acc + V::set(V(0), (V::loadu(r + i, k - i) * vs - vm).exp(), k - i);
-  return std::log(at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return a + b; }, acc)) + m;
+  for (; i + V::size() <= k; i += V::size()) {
+    const V z = V::loadu(r + i) - vm;
+    if (need_t) st = st + (z * vs).exp();
+    if (need_1) s1 = s1 + z.exp();
+  }
+  if (i < k) {
+    const V z = V::loadu(r + i, k - i) - vm;
+    if (need_t) st = st + V::set(V(0), (z * vs).exp(), k - i);
+    if (need_1) s1 = s1 + V::set(V(0), z.exp(), k - i);
+  }
+  auto sum = [](V v) { return at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return a + b; }, v); };
+  return RowStats<acc_t>{m, need_t ? std::log(sum(st)) : acc_t(0),
+                         need_1 ? std::log(sum(s1)) : acc_t(0)};
 }
 
 // Copies row b of `logits` into buf in acc_t when needed; returns a pointer to acc_t values.
@@ -77,6 +95,7 @@ EnergyOut energy_head_cpu(const at::Tensor& logits_in, const OptTensor& y, doubl
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "energy_head_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t t = static_cast<acc_t>(temperature);
+    const acc_t inv_t = static_cast<acc_t>(1.0 / temperature);
     const bool unit_t = temperature == 1.0;
     const scalar_t* lp = logits.const_data_ptr<scalar_t>();
     const int64_t* yp = yl.defined() ? yl.const_data_ptr<int64_t>() : nullptr;
@@ -87,9 +106,9 @@ EnergyOut energy_head_cpu(const at::Tensor& logits_in, const OptTensor& y, doubl
       std::vector<acc_t> buf;
       for (int64_t b = b0; b < b1; ++b) {
         const acc_t* r = load_row<scalar_t, acc_t>(lp + b * classes, classes, buf);
-        const acc_t m = row_max(r, classes);
-        const acc_t lse1 = row_lse(r, classes, acc_t(1), m);
-        ep[b] = unit_t ? -lse1 : -t * row_lse(r, classes, acc_t(1) / t, m);
+        const RowStats<acc_t> st = row_stats(r, classes, inv_t, !unit_t, unit_t || yp);
+        const acc_t lse1 = st.shift + st.log_sum_1;
+        ep[b] = unit_t ? -lse1 : -(st.shift + t * st.log_sum_t);
         if (yp) {
           const acc_t ly = r[yp[b]];
           cp[b] = -ly;
@@ -102,26 +121,23 @@ EnergyOut energy_head_cpu(const at::Tensor& logits_in, const OptTensor& y, doubl
 }
 
 at::Tensor energy_head_backward_cpu(const at::Tensor& logits_in, const OptTensor& y,
-                                   const at::Tensor& energy_in, const at::Tensor& ce_in,
                                    const OptTensor& grad_energy, const OptTensor& grad_cond,
                                    const OptTensor& grad_ce, double temperature) {
-  const EnergyBackward in = prepare_energy_backward(logits_in, y, energy_in, ce_in, grad_energy,
-                                                    grad_cond, grad_ce, temperature);
-  const at::Tensor &logits = in.logits, &yl = in.y, &energy = in.energy, &ce = in.ce;
+  const EnergyBackward in =
+      prepare_energy_backward(logits_in, y, grad_energy, grad_cond, grad_ce, temperature);
+  const at::Tensor &logits = in.logits, &yl = in.y;
   const at::Tensor &ge = in.grad_energy, &gc = in.grad_cond, &gx = in.grad_ce, &grad = in.grad;
   const int64_t batch = logits.size(0), classes = logits.size(1);
   if (grad.numel() == 0) return grad;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "energy_head_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t t = static_cast<acc_t>(temperature);
+    const acc_t inv_t = static_cast<acc_t>(1.0 / temperature);
     const scalar_t* lp = logits.const_data_ptr<scalar_t>();
     const int64_t* yp = yl.defined() ? yl.const_data_ptr<int64_t>() : nullptr;
     const acc_t* gep = ge.defined() ? ge.const_data_ptr<acc_t>() : nullptr;
     const acc_t* gcp = gc.defined() ? gc.const_data_ptr<acc_t>() : nullptr;
     const acc_t* gxp = gx.defined() ? gx.const_data_ptr<acc_t>() : nullptr;
-    const acc_t* ep = energy.const_data_ptr<acc_t>();
-    const acc_t* cep = ce.defined() ? ce.const_data_ptr<acc_t>() : nullptr;
     scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / classes), [&](int64_t b0, int64_t b1) {
       using V = Vectorized<acc_t>;
@@ -130,19 +146,18 @@ at::Tensor energy_head_backward_cpu(const at::Tensor& logits_in, const OptTensor
         const acc_t* r = load_row<scalar_t, acc_t>(lp + b * classes, classes, in_buf);
         acc_t* o = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(gp + b * classes)
                                                    : out_buf.data();
-        // d energy / dl = -softmax(l / T), with logsumexp(l / T) = -energy / T.
+        // d energy / dl = -softmax(l / T) and d ce / dl = softmax(l) - onehot(y), both from the
+        // row's recomputed shift and log-sums (see prepare_energy_backward).
+        const RowStats<acc_t> st = row_stats(r, classes, inv_t, gep != nullptr, gxp != nullptr);
         const acc_t se = gep ? gep[b] : acc_t(0);
-        const acc_t lse_t = -ep[b] / t;
-        // d ce / dl = softmax(l) - onehot(y), with logsumexp(l) = ce + l[y].
         const acc_t sx = gxp ? gxp[b] : acc_t(0);
-        const acc_t lse1 = gxp ? cep[b] + r[yp[b]] : acc_t(0);
-        const acc_t inv_t = acc_t(1) / t;
+        const V vm(st.shift), vs(inv_t), vlt(st.log_sum_t), vl1(st.log_sum_1);
         for (int64_t k = 0; k < classes; k += V::size()) {
           const int64_t len = std::min<int64_t>(V::size(), classes - k);
-          const V l = len == V::size() ? V::loadu(r + k) : V::loadu(r + k, len);
+          const V z = (len == V::size() ? V::loadu(r + k) : V::loadu(r + k, len)) - vm;
           V v(0);
-          if (gep) v = v - V(se) * (l * V(inv_t) - V(lse_t)).exp();
-          if (gxp) v = v + V(sx) * (l - V(lse1)).exp();
+          if (gep) v = v - V(se) * (z * vs - vlt).exp();
+          if (gxp) v = v + V(sx) * (z - vl1).exp();
           v.store(o + k, len);
         }
         if (yp) o[yp[b]] += (gcp ? -gcp[b] : acc_t(0)) - sx;

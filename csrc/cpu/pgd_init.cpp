@@ -72,7 +72,8 @@ at::Tensor pgd_init_cpu(const at::Tensor& x_in, double eps, std::string norm_s,
         for (int64_t i = 0; i < d; ++i) ss += acc_t(z[i]) * acc_t(z[i]);
         const philox::Block blk = philox::philox4x32_10(seed, radius_base + s);
         const double r = std::pow(static_cast<double>(philox::to_uniform(blk.v[0])), 1.0 / d);
-        const acc_t scale = static_cast<acc_t>(eps * r) / std::max(std::sqrt(ss), acc_t(1e-12));
+        // Normals are bounded (|z| < 6), so ||z|| needs no scaling; z == 0 gives no offset.
+        const acc_t scale = ss > 0 ? static_cast<acc_t>(eps * r) / std::sqrt(ss) : acc_t(0);
         for (int64_t i = 0; i < d; ++i) {
           const acc_t v = static_cast<acc_t>(xp[start + i]) + scale * acc_t(z[i]);
           op[start + i] = static_cast<scalar_t>(clamp_nan(v, lo, hi));

@@ -1,5 +1,6 @@
 // PGD step + eps-ball projection + clamp. L-inf is one flat pass. L2 is one task per sample whose
-// three sweeps (||g||, ||delta||, write) run over a cache-resident sample, so memory is read once.
+// three sweeps (||g||, ||delta||, write) run over a cache-resident sample, so memory is read once;
+// a norm that would overflow or underflow costs one more (scaled) sweep.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -67,36 +68,67 @@ at::Tensor pgd_step_cpu(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
         const scalar_t* gs = gp + s * d;
         const scalar_t* o = op_ + s * d;
         scalar_t* r = rp + s * d;
-        // `omp simd` lets the sums be reassociated, and so vectorised (-fopenmp is on); _Pragma,
-        // since #pragma cannot stand inside the AT_DISPATCH macro argument.
-        acc_t gss = 0;
+        // `omp simd` lets the reductions be reassociated, and so vectorised (-fopenmp is on);
+        // _Pragma, since #pragma cannot stand inside the AT_DISPATCH macro argument.
+        // Sweep 1: ||g||^2 and max|g|; a norm out of the direct range is summed again, scaled
+        // (l2_direct / l2_prescale in common.h). The direction is then (g * gs_scale) * c.
+        acc_t gss = 0, gmax = 0;
+        _Pragma("omp simd reduction(+ : gss) reduction(max : gmax)")
+        for (int64_t i = 0; i < d; ++i) {
+          const acc_t gv = static_cast<acc_t>(gs[i]);
+          gss += gv * gv;
+          gmax = std::max(gmax, std::abs(gv));
+        }
+        acc_t gs_scale = 1;
+        if (!l2_direct(gmax, gss)) {
+          gs_scale = l2_prescale(gmax);
+          gss = 0;
         _Pragma("omp simd reduction(+ : gss)")
-        for (int64_t i = 0; i < d; ++i) gss += static_cast<acc_t>(gs[i]) * static_cast<acc_t>(gs[i]);
-        const acc_t gscale = step / std::max(std::sqrt(gss), acc_t(1e-12));
-        acc_t factor = 1;
-        if (project) {
-          acc_t dss = 0;
-        _Pragma("omp simd reduction(+ : dss)")
           for (int64_t i = 0; i < d; ++i) {
-            const acc_t dv = static_cast<acc_t>(a[i]) + gscale * static_cast<acc_t>(gs[i]) -
-                             static_cast<acc_t>(o[i]);
-            dss += dv * dv;
+            const acc_t q = static_cast<acc_t>(gs[i]) * gs_scale;
+            gss += q * q;
           }
-          const acc_t dn = std::sqrt(dss);
-          factor = dn > e ? e / dn : (dn != dn ? dn : acc_t(1));
+        }
+        const acc_t c = gss == 0 ? acc_t(0) : step / std::sqrt(gss);  // g == 0: no step
+        auto stepped = [&](int64_t i) {
+          return static_cast<acc_t>(a[i]) + (static_cast<acc_t>(gs[i]) * gs_scale) * c;
+        };
+        // Sweep 2: ||delta||, delta = stepped - x_orig, the same way; the projection writes
+        // x_orig + (delta * t1) * factor.
+        acc_t t1 = 1, factor = 1;
+        if (project) {
+          acc_t dss = 0, dmax = 0;
+        _Pragma("omp simd reduction(+ : dss) reduction(max : dmax)")
+          for (int64_t i = 0; i < d; ++i) {
+            const acc_t dv = stepped(i) - static_cast<acc_t>(o[i]);
+            dss += dv * dv;
+            dmax = std::max(dmax, std::abs(dv));
+          }
+          acc_t t = 1;
+          if (!l2_direct(dmax, dss)) {
+            t = l2_prescale(dmax);
+            dss = 0;
+        _Pragma("omp simd reduction(+ : dss)")
+            for (int64_t i = 0; i < d; ++i) {
+              const acc_t dv = (stepped(i) - static_cast<acc_t>(o[i])) * t;
+              dss += dv * dv;
+            }
+          }
+          const acc_t dn = std::sqrt(dss);  // t * ||delta||
+          const bool outside = dn > e * t;   // e * t may overflow to inf: then it is inside
+          t1 = outside ? t : acc_t(1);
+          factor = outside ? e / dn : (dn != dn ? dn : acc_t(1));
         }
         if (project) {
         _Pragma("omp simd")
           for (int64_t i = 0; i < d; ++i) {
             const acc_t ov = static_cast<acc_t>(o[i]);
-            const acc_t v = static_cast<acc_t>(a[i]) + gscale * static_cast<acc_t>(gs[i]);
-            r[i] = static_cast<scalar_t>(clamp_nan(ov + (v - ov) * factor, lo, hi));
+            r[i] = static_cast<scalar_t>(clamp_nan(ov + ((stepped(i) - ov) * t1) * factor, lo, hi));
           }
         } else {
         _Pragma("omp simd")
           for (int64_t i = 0; i < d; ++i) {
-            const acc_t v = static_cast<acc_t>(a[i]) + gscale * static_cast<acc_t>(gs[i]);
-            r[i] = static_cast<scalar_t>(clamp_nan(v, lo, hi));
+            r[i] = static_cast<scalar_t>(clamp_nan(stepped(i), lo, hi));
           }
         }
       }

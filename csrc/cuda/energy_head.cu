@@ -2,7 +2,7 @@
 // and its backward. One launch each. Rows go to groups of `width` threads: a power of two <= 32
 // (several rows per 256-thread block, shuffle reductions) or a whole block for long rows (block
 // reductions). The forward sweeps a row twice (max, then both sums; the second sweep hits L1/L2),
-// the backward once. Outputs are in the accumulation dtype (float32 for half types), as on CPU.
+// the backward three times (the same two, then the write). Outputs are in the accumulation dtype (float32 for half types), as on CPU.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
@@ -50,21 +50,22 @@ __device__ __forceinline__ int64_t label_at(const int64_t* y, int64_t row, int64
   return v;
 }
 
+// A row's shift m (its max, or 0 when that is infinite, as torch.logsumexp: +inf rows give +inf
+// and all -inf rows give -inf) and the logs of sum(exp((l - m) * inv_t)) and sum(exp(l - m)),
+// each only when asked for (uniform across the launch, as the reductions need). Shifting in
+// logit units keeps every exponent <= 0 for any temperature (energy_head.cpp row_stats).
 template <typename scalar_t>
-__global__ void energy_fwd_kernel(const scalar_t* logits, const int64_t* y,
-                                  at::opmath_type<scalar_t>* energy,
-                                  at::opmath_type<scalar_t>* cond, at::opmath_type<scalar_t>* ce,
-                                  int64_t rows, int64_t classes, int width, bool vec,
-                                  at::opmath_type<scalar_t> t, at::opmath_type<scalar_t> inv_t,
-                                  bool unit_t) {
+struct RowStats {
+  at::opmath_type<scalar_t> shift, log_sum_t, log_sum_1;
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ RowStats<scalar_t> row_stats(
+    const scalar_t* logits, int64_t start, int64_t end, const RowSlot& rs, int width, bool vec,
+    at::opmath_type<scalar_t> inv_t, bool need_t, bool need_1, at::opmath_type<scalar_t>* red) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
-  __shared__ acc_t red[32];
-  const RowSlot rs = row_slot(rows, width);
-  const int64_t start = rs.valid ? rs.row * classes : 0;
-  const int64_t end = rs.valid ? start + classes : 0;
   const int64_t c0 = start / 4, c1 = (end + 3) / 4;
-
   acc_t m = -inf;
   for (int64_t c = c0 + rs.lane; c < c1; c += width) {
     acc_t r[4];
@@ -75,30 +76,43 @@ __global__ void energy_fwd_kernel(const scalar_t* logits, const int64_t* y,
     }
   }
   m = row_allreduce(m, MaxNanOp(), width, red);
-
-  // The max shift of torch.logsumexp: an infinite max is not subtracted, so +inf rows give +inf
-  // and all -inf rows give -inf (row_lse in the CPU kernel).
-  acc_t m1 = m, mt = inv_t * m;
-  m1 = is_inf_d(m1) ? acc_t(0) : m1;
-  mt = is_inf_d(mt) ? acc_t(0) : mt;
-  acc_t s1 = 0, st = 0;
+  m = is_inf_d(m) ? acc_t(0) : m;
+  acc_t st = 0, s1 = 0;
   for (int64_t c = c0 + rs.lane; c < c1; c += width) {
     acc_t r[4];
     load4(logits, c, start, end, vec, r);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (lane_on(c, j, start, end)) {
-        s1 += exp_d(r[j] - m1);
-        if (!unit_t) st += exp_d(inv_t * r[j] - mt);
+        const acc_t z = r[j] - m;
+        if (need_t) st += exp_d(z * inv_t);
+        if (need_1) s1 += exp_d(z);
       }
     }
   }
-  s1 = row_allreduce(s1, SumOp(), width, red);
-  if (!unit_t) st = row_allreduce(st, SumOp(), width, red);
+  if (need_t) st = row_allreduce(st, SumOp(), width, red);
+  if (need_1) s1 = row_allreduce(s1, SumOp(), width, red);
+  return RowStats<scalar_t>{m, log_d(st), log_d(s1)};
+}
+
+template <typename scalar_t>
+__global__ void energy_fwd_kernel(const scalar_t* logits, const int64_t* y,
+                                  at::opmath_type<scalar_t>* energy,
+                                  at::opmath_type<scalar_t>* cond, at::opmath_type<scalar_t>* ce,
+                                  int64_t rows, int64_t classes, int width, bool vec,
+                                  at::opmath_type<scalar_t> t, at::opmath_type<scalar_t> inv_t,
+                                  bool unit_t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t red[32];
+  const RowSlot rs = row_slot(rows, width);
+  const int64_t start = rs.valid ? rs.row * classes : 0;
+  const int64_t end = rs.valid ? start + classes : 0;
+  const RowStats<scalar_t> st =
+      row_stats(logits, start, end, rs, width, vec, inv_t, !unit_t, unit_t || y, red);
 
   if (rs.valid && rs.lane == 0) {
-    const acc_t lse1 = log_d(s1) + m1;
-    energy[rs.row] = unit_t ? -lse1 : -t * (log_d(st) + mt);
+    const acc_t lse1 = st.shift + st.log_sum_1;
+    energy[rs.row] = unit_t ? -lse1 : -(st.shift + t * st.log_sum_t);
     if (y) {
       const int64_t yv = label_at(y, rs.row, classes);
       const acc_t ly = (yv >= 0 && yv < classes) ? static_cast<acc_t>(logits[start + yv])
@@ -109,32 +123,29 @@ __global__ void energy_fwd_kernel(const scalar_t* logits, const int64_t* y,
   }
 }
 
-// d energy / dl = -softmax(l / T) with logsumexp(l / T) = -energy / T; d ce / dl = softmax(l) -
-// onehot(y) with logsumexp(l) = ce + l[y]; d cond / dl = -onehot(y). No reductions needed.
+// d energy / dl = -softmax(l / T); d ce / dl = softmax(l) - onehot(y); d cond / dl = -onehot(y).
+// The row's shift and log-sums are recomputed (see prepare_energy_backward in common.h), so the
+// backward sweeps a row three times (the last two hit L1/L2), like the forward plus the write.
 template <typename scalar_t>
 __global__ void energy_bwd_kernel(const scalar_t* logits, const int64_t* y,
                                   const at::opmath_type<scalar_t>* ge,
                                   const at::opmath_type<scalar_t>* gc,
-                                  const at::opmath_type<scalar_t>* gx,
-                                  const at::opmath_type<scalar_t>* energy,
-                                  const at::opmath_type<scalar_t>* ce, scalar_t* grad,
+                                  const at::opmath_type<scalar_t>* gx, scalar_t* grad,
                                   int64_t rows, int64_t classes, int width, bool vec,
-                                  at::opmath_type<scalar_t> t, at::opmath_type<scalar_t> inv_t) {
+                                  at::opmath_type<scalar_t> inv_t) {
   using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t red[32];
+  // Spare groups of the last block still take part in the row reductions, with an empty row.
   const RowSlot rs = row_slot(rows, width);
-  if (!rs.valid) return;
   const int64_t b = rs.row;
-  const int64_t start = b * classes, end = start + classes;
+  const int64_t start = rs.valid ? b * classes : 0;
+  const int64_t end = rs.valid ? start + classes : 0;
+  const RowStats<scalar_t> st =
+      row_stats(logits, start, end, rs, width, vec, inv_t, ge != nullptr, gx != nullptr, red);
+  if (!rs.valid) return;
   const int64_t yv = y ? label_at(y, b, classes) : -1;
-  const bool y_ok = yv >= 0 && yv < classes;
   const acc_t se = ge ? ge[b] : acc_t(0);
-  const acc_t lse_t = -energy[b] / t;
   const acc_t sx = gx ? gx[b] : acc_t(0);
-  acc_t lse1 = 0;
-  if (gx) {
-    lse1 = y_ok ? ce[b] + static_cast<acc_t>(logits[start + yv])
-                : std::numeric_limits<acc_t>::quiet_NaN();
-  }
   const acc_t at_y = (gc ? -gc[b] : acc_t(0)) - sx;
 
   for (int64_t c = start / 4 + rs.lane; c < (end + 3) / 4; c += width) {
@@ -142,9 +153,10 @@ __global__ void energy_bwd_kernel(const scalar_t* logits, const int64_t* y,
     load4(logits, c, start, end, vec, r);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
+      const acc_t z = r[j] - st.shift;
       acc_t o = 0;
-      if (ge) o -= se * exp_d(r[j] * inv_t - lse_t);
-      if (gx) o += sx * exp_d(r[j] - lse1);
+      if (ge) o -= se * exp_d(z * inv_t - st.log_sum_t);
+      if (gx) o += sx * exp_d(z - st.log_sum_1);
       if (y && 4 * c + j - start == yv) o += at_y;
       v[j] = o;
     }
@@ -192,19 +204,18 @@ EnergyOut energy_head_cuda(const at::Tensor& logits_in, const OptTensor& y, doub
     acc_t* xp = yp ? ce.mutable_data_ptr<acc_t>() : nullptr;
     energy_fwd_kernel<scalar_t><<<shape.first, shape.second, 0, stream>>>(
         lp, yp, energy.mutable_data_ptr<acc_t>(), cp, xp, batch, classes, width, aligned4(lp), t,
-        acc_t(1) / t, temperature == 1.0);
+        static_cast<acc_t>(1.0 / temperature), temperature == 1.0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {energy, cond, ce};
 }
 
 at::Tensor energy_head_backward_cuda(const at::Tensor& logits_in, const OptTensor& y,
-                                    const at::Tensor& energy_in, const at::Tensor& ce_in,
                                     const OptTensor& grad_energy, const OptTensor& grad_cond,
                                     const OptTensor& grad_ce, double temperature) {
-  const EnergyBackward in = prepare_energy_backward(logits_in, y, energy_in, ce_in, grad_energy,
-                                                    grad_cond, grad_ce, temperature);
-  const at::Tensor &logits = in.logits, &yl = in.y, &energy = in.energy, &ce = in.ce;
+  const EnergyBackward in =
+      prepare_energy_backward(logits_in, y, grad_energy, grad_cond, grad_ce, temperature);
+  const at::Tensor &logits = in.logits, &yl = in.y;
   const at::Tensor &ge = in.grad_energy, &gc = in.grad_cond, &gx = in.grad_ce, &grad = in.grad;
   const int64_t batch = logits.size(0), classes = logits.size(1);
   if (grad.numel() == 0) return grad;
@@ -215,14 +226,13 @@ at::Tensor energy_head_backward_cuda(const at::Tensor& logits_in, const OptTenso
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "energy_head_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t t = static_cast<acc_t>(temperature);
     const scalar_t* lp = logits.const_data_ptr<scalar_t>();
     scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
     auto ptr = [](const at::Tensor& v) { return v.defined() ? v.const_data_ptr<acc_t>() : nullptr; };
     energy_bwd_kernel<scalar_t><<<shape.first, shape.second, 0, stream>>>(
-        lp, yl.defined() ? yl.const_data_ptr<int64_t>() : nullptr, ptr(ge), ptr(gc), ptr(gx),
-        ptr(energy), ptr(ce), gp, batch, classes, width, aligned4(lp) && aligned4<scalar_t>(gp),
-        t, acc_t(1) / t);
+        lp, yl.defined() ? yl.const_data_ptr<int64_t>() : nullptr, ptr(ge), ptr(gc), ptr(gx), gp,
+        batch, classes, width, aligned4(lp) && aligned4<scalar_t>(gp),
+        static_cast<acc_t>(1.0 / temperature));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;

@@ -1,9 +1,10 @@
 // PGD step + eps-ball projection + clamp on CUDA, one launch.
 // L-inf: flat grid-stride over groups of four, one pass (read x_adv, grad, x_orig; write out).
 // L2: one block per sample with three sweeps, as the CPU kernel: ||g||^2, then ||delta||^2, then
-// the write. When the sample fits in shared memory (kCache), sweep 1 stages it there, so global
-// memory is read once and written once; otherwise sweeps 2 and 3 re-read it from global memory
-// (through L2 when the resident samples fit): up to 7 reads + 1 write per element.
+// the write (a norm that would overflow or underflow takes one more, scaled sweep, as on CPU).
+// When the sample fits in shared memory (kCache), sweep 1 stages it there, so global memory is
+// read once and written once; otherwise sweeps 2 and 3 re-read it from global memory (through L2
+// when the resident samples fit): up to 7 reads + 1 write per element.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
@@ -76,13 +77,16 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
   const Stage<scalar_t> sa{sp + span, c0, sg.lo, sg.hi};
   const Stage<scalar_t> so{sp + 2 * span, c0, sg.lo, sg.hi};
 
-  // Sweep 1: ||g||^2 (and, cached, stage the sample).
-  acc_t gss = 0;
+  // Sweep 1: ||g||^2 and max|g| (and, cached, stage the sample).
+  acc_t gss = 0, gmax = 0;
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
     acc_t gv[4];
     load4(g, c, start, end, vec, gv);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) gss += gv[j] * gv[j];
+    for (int j = 0; j < 4; ++j) {
+      gss += gv[j] * gv[j];
+      gmax = max_nan(gmax, gv[j] < 0 ? -gv[j] : gv[j]);
+    }
     if constexpr (kCache) {
       acc_t av[4];
       sg.put(c, gv);
@@ -96,7 +100,7 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
     }
   }
   gss = block_allreduce(gss, SumOp(), red);  // its barriers also publish the stage
-  const acc_t gscale = step / max_std(sqrt_d(gss), acc_t(1e-12));
+  gmax = block_allreduce(gmax, MaxNanOp(), red);
 
   auto load = [&](int64_t c, acc_t(&av)[4], acc_t(&gv)[4], acc_t(&ov)[4]) {
     if constexpr (kCache) {
@@ -109,23 +113,71 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
       if (project) load4(xo, c, start, end, vec, ov);
     }
   };
+  auto load_g = [&](int64_t c, acc_t(&gv)[4]) {
+    if constexpr (kCache) {
+      sg.get(c, gv);
+    } else {
+      load4(g, c, start, end, vec, gv);
+    }
+  };
 
-  // Sweep 2: ||delta||^2 with delta = x_adv + gscale * g - x_orig.
-  acc_t factor = 1;
+  // A norm out of the direct range is summed again, scaled (l2_direct / l2_prescale in
+  // common.h, as the CPU kernel); the values are block-wide, so every thread takes the branch.
+  acc_t gs_scale = 1;
+  if (!l2_direct(gmax, gss)) {
+    gs_scale = l2_prescale(gmax);
+    gss = 0;
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+      acc_t gv[4];
+      load_g(c, gv);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const acc_t q = gv[j] * gs_scale;
+        if (lane_on(c, j, start, end)) gss += q * q;
+      }
+    }
+    gss = block_allreduce(gss, SumOp(), red);
+  }
+  const acc_t gscale_c = gss == 0 ? acc_t(0) : step / sqrt_d(gss);  // g == 0: no step
+
+  // Sweep 2: ||delta|| with delta = x_adv + (g * gs_scale) * gscale_c - x_orig, the same way; the
+  // projection writes x_orig + (delta * t1) * factor.
+  acc_t t1 = 1, factor = 1;
   if (project) {
-    acc_t dss = 0;
+    acc_t dss = 0, dmax = 0;
     for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
       acc_t av[4], gv[4], ov[4];
       load(c, av, gv, ov);  // project: ov is loaded
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const acc_t dv = av[j] + gscale * gv[j] - ov[j];
-        if (lane_on(c, j, start, end)) dss += dv * dv;
+        const acc_t dv = av[j] + (gv[j] * gs_scale) * gscale_c - ov[j];
+        if (lane_on(c, j, start, end)) {
+          dss += dv * dv;
+          dmax = max_nan(dmax, dv < 0 ? -dv : dv);
+        }
       }
     }
     dss = block_allreduce(dss, SumOp(), red);
-    const acc_t dn = sqrt_d(dss);
-    factor = dn > e ? e / dn : (dn != dn ? dn : acc_t(1));
+    dmax = block_allreduce(dmax, MaxNanOp(), red);
+    acc_t t = 1;
+    if (!l2_direct(dmax, dss)) {
+      t = l2_prescale(dmax);
+      dss = 0;
+      for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+        acc_t av[4], gv[4], ov[4];
+        load(c, av, gv, ov);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const acc_t dv = (av[j] + (gv[j] * gs_scale) * gscale_c - ov[j]) * t;
+          if (lane_on(c, j, start, end)) dss += dv * dv;
+        }
+      }
+      dss = block_allreduce(dss, SumOp(), red);
+    }
+    const acc_t dn = sqrt_d(dss);    // t * ||delta||
+    const bool outside = dn > e * t;  // e * t may overflow to inf: then it is inside
+    t1 = outside ? t : acc_t(1);
+    factor = outside ? e / dn : (dn != dn ? dn : acc_t(1));
   }
 
   // Sweep 3: step, project, clamp, write.
@@ -134,8 +186,8 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
     load(c, av, gv, ov);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      acc_t r = av[j] + gscale * gv[j];
-      if (project) r = ov[j] + (r - ov[j]) * factor;
+      acc_t r = av[j] + (gv[j] * gs_scale) * gscale_c;
+      if (project) r = ov[j] + ((r - ov[j]) * t1) * factor;
       v[j] = clamp_nan(r, lo, hi);
     }
     store4(out, c, start, end, vec, v);

@@ -108,6 +108,7 @@ void sgld_step__cuda(const at::Tensor& x, const at::Tensor& grad, double step_si
                      std::optional<double> grad_clip, double noise_std,
                      std::optional<double> clamp_min, std::optional<double> clamp_max,
                      const OptTensor& noise, OptGen generator) {
+  check_sgld_inplace(x, grad, noise);
   update_in_place(x, [&](const at::Tensor& out) {
     sgld_into(out, x, grad, step_size, grad_clip, noise_std, clamp_min, clamp_max, noise, generator);
   });

@@ -110,3 +110,131 @@ def labels(y: object, logits: torch.Tensor, *, check_range: bool = True) -> torc
 
 def _capturing(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+# Temperatures the energy head accepts. Every backend computes in at least float32, where T, 1/T,
+# T * log(K) and the scaled logit gaps must stay normal numbers; [1e-30, 1e30] keeps them so with
+# a wide margin (and is far beyond any temperature with a use).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30
+
+
+def temperature(value: object) -> float:
+    t = number("temperature", value, strict=True)
+    if not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:
+        raise ValueError(
+            f"temperature must be finite and within [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+            f"got {t:g}"
+        )
+    return t
+
+
+# --- in-place updates ----------------------------------------------------------------------------
+
+
+def inplace_grad_mode(op: str, name: str, t: torch.Tensor) -> None:
+    """The ops' in-place updates are not differentiable, so, as for any in-place op, a tensor that
+    autograd tracks may only be updated with grad mode off (like an optimizer step)."""
+    if not (t.requires_grad and torch.is_grad_enabled()):
+        return
+    if t.is_leaf:
+        raise RuntimeError(
+            f"{op}: a leaf Variable that requires grad is being used in an in-place operation "
+            f"({name}); run the update under torch.no_grad(), as an optimizer step does"
+        )
+    raise RuntimeError(
+        f"{op}: {name} requires grad, but this in-place update is not differentiable; run it "
+        f"under torch.no_grad() or on a detached tensor"
+    )
+
+
+def _element_offsets(t: torch.Tensor) -> torch.Tensor:
+    """Storage offsets (in elements) of every element of t, on the CPU."""
+    offs = torch.tensor([t.storage_offset()], dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        offs = (offs[:, None] + torch.arange(size, dtype=torch.int64) * stride).reshape(-1)
+    return offs
+
+
+def _dims(t: torch.Tensor) -> list[tuple[int, int]]:
+    """(stride, size) of the dimensions that matter (size > 1), by increasing stride."""
+    return sorted((s, n) for n, s in zip(t.shape, t.stride(), strict=True) if n != 1)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: sorted by stride, each dimension steps over the block below."""
+    expected = 1
+    for s, n in _dims(t):
+        if s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _disjoint_elements(t: torch.Tensor) -> bool | None:
+    """True/False when the strides decide whether t's elements are all distinct, else None."""
+    reach = 0
+    for s, n in _dims(t):
+        if s == 0:
+            return False
+        if s <= reach:
+            return None
+        reach += (n - 1) * s
+    return True
+
+
+def _checkable(t: torch.Tensor) -> bool:
+    # Traced tensors have no memory to look at, and meta tensors all sit at address 0; the kernels
+    # that run on real memory check again.
+    return t.numel() > 0 and t.device.type != "meta" and not torch.compiler.is_compiling()
+
+
+def no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
+    """A tensor written in place must not have two elements at one memory location (an expanded
+    tensor, say): the result would depend on the order of the writes."""
+    if not _checkable(t):
+        return
+    disjoint = _disjoint_elements(t)
+    if disjoint is None:  # an unusual as_strided layout: look at the offsets themselves
+        offs = _element_offsets(t)
+        disjoint = torch.unique(offs).numel() == offs.numel()
+    if not disjoint:
+        raise ValueError(
+            f"{op}: {name} has elements that share memory (an expanded or overlapping view), so "
+            f"writing it in place is ill-defined; pass {name}.clone() or a contiguous tensor"
+        )
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[begin, end) of the bytes t's elements occupy in its storage (t non-empty)."""
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    return t.storage_offset() * t.element_size(), (last + 1) * t.element_size()
+
+
+def no_partial_overlap(
+    op: str, name: str, t: torch.Tensor, out_name: str, out: torch.Tensor
+) -> None:
+    """An input of an in-place update must be either the very tensor written (same memory, same
+    strides: each element reads only itself) or disjoint from it; anything in between reads
+    elements that the kernel may already have overwritten."""
+    if not (_checkable(t) and _checkable(out)):
+        return
+    if t.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
+        return
+    (a0, a1), (b0, b1) = _byte_span(t), _byte_span(out)
+    if a1 <= b0 or b1 <= a0:
+        return
+    if (
+        t.dtype == out.dtype
+        and t.shape == out.shape
+        and t.storage_offset() == out.storage_offset()
+        and all(s == r for n, s, r in zip(t.shape, t.stride(), out.stride(), strict=True) if n != 1)
+    ):
+        return
+    if t.dtype == out.dtype and not (_dense(t) and _dense(out)):
+        # Strided views can interleave within one span without sharing an element.
+        if not bool(torch.isin(_element_offsets(t), _element_offsets(out)).any()):
+            return
+    raise ValueError(
+        f"{op}: {name} partially overlaps {out_name}, which is written in place; pass "
+        f"{name}.clone() (the very same tensor as {out_name} is fine)"
+    )

@@ -6,6 +6,11 @@ the same schema runs the Triton kernel (on CUDA, or on CPU tensors under TRITON_
 The PyTorch reference is plain Python. `backend(op, device)` picks one per device type:
 native kernel for the device, else Triton on CUDA, else the reference; EBJDAT_BACKEND or
 `use_backend` overrides it.
+
+Autograd is decided here too, for every op at once (`define(..., autograd=...)`): the step ops
+are not differentiable, so their outputs never require grad and an in-place update bumps the
+version counter of what it writes and refuses a tensor that autograd tracks; energy_head brings
+its own formula; its backward op may be run once but not differentiated again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+from . import _checks
 
 NAMESPACE = "ebjdat"
 BACKENDS = ("cuda", "triton", "cpu", "reference")
@@ -36,21 +43,147 @@ def define(
     reference: Callable[..., Any] | None,
     seeded: bool = False,
     public: bool = True,
+    autograd: str = "none",
 ) -> tuple[Any, Any]:
-    """Defines `ebjdat::name` and `ebjdat::name_triton` with `schema` (arguments onwards)."""
+    """Defines `ebjdat::name` and `ebjdat::name_triton` with `schema` (arguments onwards).
+
+    autograd: "none" (not differentiable: outputs never require grad, on every backend including
+    the reference; arguments written in place are checked and version-bumped), "formula" (the
+    caller registers one for both twins; the reference stays plain, differentiable PyTorch) or
+    "once" (a backward op: its result cannot be differentiated again)."""
+    if autograd not in ("none", "formula", "once"):
+        raise ValueError(f"autograd must be 'none', 'formula' or 'once', got {autograd!r}")
     tags = (torch.Tag.nondeterministic_seeded,) if seeded else ()
     packets = []
     for op_name in (name, f"{name}_triton"):
         _LIB.define(op_name + schema, tags=tags)
         torch.library.register_fake(f"{NAMESPACE}::{op_name}", fake, lib=_LIB)
         packets.append(getattr(getattr(torch.ops, NAMESPACE), op_name))
+    args = packets[0].default._schema.arguments
+    names = tuple(a.name for a in args)
+    written = tuple(i for i, a in enumerate(args) if a.alias_info and a.alias_info.is_write)
+    tensors = tuple(i for i, a in enumerate(args) if "Tensor" in str(a.type))
+    guard = _write_guard(name, names, written, tensors)
+    for packet in packets:
+        _register_autograd(packet.default, name, autograd, names, written)
     # CPU tensors reach Triton only under the interpreter; backend() checks that first.
+    triton_impl = _guarded(triton_impl, guard)
     _LIB.impl(f"{name}_triton", triton_impl, "CPU")
     _LIB.impl(f"{name}_triton", triton_impl, "CUDA")
     if public:
+        if reference is not None and autograd == "none":
+            reference = _not_differentiable(_guarded(reference, guard), name, names, written)
         _IMPLS[name] = {"native": packets[0], "triton": packets[1], "reference": reference}
         _choice.clear()
     return packets[0], packets[1]
+
+
+# --- autograd --------------------------------------------------------------------------------
+# A non-differentiable functional op needs nothing from autograd, so its Autograd kernel is a
+# fallthrough (no cost per call): its outputs are made below autograd and never require grad.
+# An op that writes an argument gets the two kernels an ATen in-place op has: Autograd (refuse a
+# tracked tensor, then skip to the backend) and ADInplaceOrView (bump the version, which is how
+# autograd notices that a saved tensor changed); the Autograd one does both in a single hop.
+
+
+def _register_autograd(
+    op: Any, public_name: str, mode: str, names: tuple[str, ...], written: tuple[int, ...]
+) -> None:
+    op_name = op._schema.name.split("::", 1)[1]
+    if mode == "formula":
+        return
+    if mode == "once":
+        _LIB.impl(op_name, _once_kernel(op), "Autograd", with_keyset=True)
+        return
+    if not written:
+        _LIB.impl(op_name, torch.library.fallthrough_kernel, "Autograd")
+        return
+
+    def bump_and_run(keyset: Any, *args: Any) -> Any:
+        with torch._C._AutoDispatchBelowADInplaceOrView():
+            out = op.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, *args)
+        torch._C._increment_version([args[i] for i in written])
+        return out
+
+    def autograd_kernel(keyset: Any, *args: Any) -> Any:
+        for i in written:
+            _checks.inplace_grad_mode(public_name, names[i], args[i])
+        return bump_and_run(keyset, *args)
+
+    _LIB.impl(op_name, autograd_kernel, "Autograd", with_keyset=True)
+    _LIB.impl(op_name, bump_and_run, "ADInplaceOrView", with_keyset=True)
+
+
+def _once_kernel(op: Any) -> Callable[..., Any]:
+    """Runs op below autograd; when grad mode is on and an input requires grad (a backward run
+    with create_graph=True), the result carries a node that raises if it is differentiated, so a
+    second derivative is never silently zero."""
+    message = (
+        f"{op._schema.name} is a fused backward without a derivative of its own: double backward "
+        "(differentiating a gradient taken with create_graph=True) is not supported by the "
+        "cpu/cuda/triton kernels; the reference backend (ops.use_backend('reference')) supports it"
+    ).encode()
+
+    def kernel(keyset: Any, *args: Any) -> Any:
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+        tracked = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        if torch.is_grad_enabled() and tracked:
+            # The error node also takes the tracked inputs, so that the result's graph reaches
+            # them and autograd.grad(..., inputs) runs into the error instead of finding them
+            # unused.
+            err = torch._C._functions.DelayedError(message, 1 + len(tracked))
+            out = err(out.detach().requires_grad_(), *tracked)[0]
+        return out
+
+    return kernel
+
+
+def _not_differentiable(
+    fn: Callable[..., Any], op: str, names: tuple[str, ...], written: tuple[int, ...]
+) -> Callable[..., Any]:
+    """The reference, which is plain PyTorch, with the same autograd behaviour as the kernels."""
+
+    def reference(*args: Any) -> Any:
+        for i in written:
+            _checks.inplace_grad_mode(op, names[i], args[i])
+        with torch.no_grad():  # in-place writes still bump versions under no_grad
+            return fn(*args)
+
+    return reference
+
+
+# --- memory overlap of in-place writes ---------------------------------------------------------
+
+
+def _write_guard(
+    op: str, names: tuple[str, ...], written: tuple[int, ...], tensors: tuple[int, ...]
+) -> Callable[..., None] | None:
+    """Checks, for an op that writes arguments, that no written tensor overlaps itself and that
+    every other tensor argument is either the written tensor itself or disjoint from it (the C++
+    kernels check the same)."""
+    if not written:
+        return None
+
+    def guard(*args: Any) -> None:
+        for i in written:
+            _checks.no_internal_overlap(op, names[i], args[i])
+            for j in tensors:
+                if j != i and isinstance(args[j], torch.Tensor):
+                    _checks.no_partial_overlap(op, names[j], args[j], names[i], args[i])
+
+    return guard
+
+
+def _guarded(fn: Callable[..., Any], guard: Callable[..., None] | None) -> Callable[..., Any]:
+    if guard is None:
+        return fn
+
+    def checked(*args: Any) -> Any:
+        guard(*args)
+        return fn(*args)
+
+    return checked
 
 
 def has_native_kernel(op: str, dispatch_key: str) -> bool:

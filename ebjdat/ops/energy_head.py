@@ -4,9 +4,17 @@
     cond_energy = -logits[y]                     (E(x, y))
     ce          = logsumexp(logits) - logits[y]  (cross-entropy)
 
-differentiable in logits with a fused one-pass backward. Outputs are float32 for half inputs
-(float64 for float64), as autocast computes logsumexp and cross-entropy. Infinite and NaN logits
-follow torch.logsumexp.
+differentiable in logits with a fused backward (first derivatives; the fused backends refuse a
+double backward, the reference supports it). Outputs are float32 for half inputs (float64 for
+float64), as autocast computes logsumexp and cross-entropy. Infinite and NaN logits follow
+torch.logsumexp.
+
+Every backend evaluates the energy as -(m + T * log(sum(exp((logits - m) / T)))) with m the row
+max, i.e. it shifts in logit units rather than in units of logits / T: the exponents then never
+overflow, and the result keeps full relative precision for any temperature in
+[1e-30, 1e30] (the accepted range; a temperature outside it, or not finite, is a ValueError). The
+backward recomputes m and the sums from the logits for the same reason: rebuilding the log-sum
+from the rounded energy would lose |energy| / T ulps of it.
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ from ._library import backend, define, has_native_kernel, implementation
 
 SCHEMA = "(Tensor logits, Tensor? y, float temperature) -> (Tensor, Tensor, Tensor)"
 BACKWARD_SCHEMA = (
-    "(Tensor logits, Tensor? y, Tensor energy, Tensor ce, Tensor? grad_energy, "
-    "Tensor? grad_cond, Tensor? grad_ce, float temperature) -> Tensor"
+    "(Tensor logits, Tensor? y, Tensor? grad_energy, Tensor? grad_cond, Tensor? grad_ce, "
+    "float temperature) -> Tensor"
 )
 
 
@@ -37,7 +45,15 @@ def reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The definition in PyTorch ops; autograd through it is the reference backward."""
     lv = logits.to(acc_dtype(logits.dtype))
-    energy = -temperature * torch.logsumexp(lv / temperature, dim=1)
+    if lv.shape[0] == 0:
+        energy = lv.new_empty(0)
+    else:
+        # The shift is the max as torch.logsumexp takes it (an infinite max is not subtracted);
+        # it cancels in the value and so carries no gradient.
+        m = lv.detach().amax(dim=1, keepdim=True)
+        m = torch.where(torch.isinf(m), 0.0, m)
+        lse = torch.log(torch.exp((lv - m) / temperature).sum(dim=1))
+        energy = -(m.squeeze(1) + temperature * lse)
     if y is None:
         empty = lv.new_empty(0)
         return energy, empty, empty
@@ -65,18 +81,19 @@ def _fake_backward(logits: torch.Tensor, *args: object) -> torch.Tensor:
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
 
-def _triton_checks(logits: torch.Tensor) -> torch.Tensor:
+def _triton_checks(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if logits.dtype == torch.float64:
         raise TypeError(
             "logits: the triton backend computes in float32; float64 needs cpu/cuda/reference"
         )
+    _checks.temperature(temperature)  # as the C++ kernels do, for direct torch.ops calls
     return logits.contiguous()
 
 
 def _triton(logits: torch.Tensor, y: torch.Tensor | None, temperature: float) -> tuple:
     from ebjdat.kernels import energy_head as kernel
 
-    logits = _triton_checks(logits)
+    logits = _triton_checks(logits, temperature)
     outs = _outputs_like(logits, y)
     kernel.forward(logits, None if y is None else y.long().contiguous(), temperature, *outs)
     return outs
@@ -85,8 +102,6 @@ def _triton(logits: torch.Tensor, y: torch.Tensor | None, temperature: float) ->
 def _triton_backward(
     logits: torch.Tensor,
     y: torch.Tensor | None,
-    energy: torch.Tensor,
-    ce: torch.Tensor,
     grad_energy: torch.Tensor | None,
     grad_cond: torch.Tensor | None,
     grad_ce: torch.Tensor | None,
@@ -94,7 +109,7 @@ def _triton_backward(
 ) -> torch.Tensor:
     from ebjdat.kernels import energy_head as kernel
 
-    logits = _triton_checks(logits)
+    logits = _triton_checks(logits, temperature)
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
     def vec(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -103,8 +118,6 @@ def _triton_backward(
     kernel.backward(
         logits,
         None if y is None else y.long().contiguous(),
-        vec(energy),
-        vec(ce),
         vec(grad_energy),
         vec(grad_cond),
         vec(grad_ce),
@@ -114,7 +127,14 @@ def _triton_backward(
     return out
 
 
-NATIVE, TRITON = define("energy_head", SCHEMA, fake=_fake, triton_impl=_triton, reference=reference)
+NATIVE, TRITON = define(
+    "energy_head",
+    SCHEMA,
+    fake=_fake,
+    triton_impl=_triton,
+    reference=reference,
+    autograd="formula",
+)
 NATIVE_BACKWARD, TRITON_BACKWARD = define(
     "energy_head_backward",
     BACKWARD_SCHEMA,
@@ -122,23 +142,23 @@ NATIVE_BACKWARD, TRITON_BACKWARD = define(
     triton_impl=_triton_backward,
     reference=None,
     public=False,
+    autograd="once",
 )
 
 
 def _setup_context(ctx: object, inputs: tuple, output: tuple) -> None:
     logits, y, temperature = inputs
-    energy, _, ce = output
-    ctx.save_for_backward(logits, y, energy, ce)
+    ctx.save_for_backward(logits, y)
     ctx.temperature = temperature
 
 
 def _make_backward(backward_op: object):
     def backward(ctx: object, g_energy, g_cond, g_ce):  # noqa: ANN001, ANN202
-        logits, y, energy, ce = ctx.saved_tensors
+        logits, y = ctx.saved_tensors
         # Unused outputs arrive as None or zeros; label terms are empty without y.
         if y is None:
             g_cond = g_ce = None
-        grad = backward_op(logits, y, energy, ce, g_energy, g_cond, g_ce, ctx.temperature)
+        grad = backward_op(logits, y, g_energy, g_cond, g_ce, ctx.temperature)
         return grad, None, None
 
     return backward
@@ -158,7 +178,11 @@ torch.library.register_autograd(
 def energy_head(
     logits: torch.Tensor, y: torch.Tensor | None = None, *, temperature: float = 1.0
 ) -> EnergyOut:
-    """EnergyOut(energy, cond_energy, ce) for logits [B, K]; the last two are None without y."""
+    """EnergyOut(energy, cond_energy, ce) for logits [B, K]; the last two are None without y.
+
+    Differentiable in logits (first derivatives on the fused backends). temperature must be
+    finite and within [1e-30, 1e30]; the result is accurate over that whole range.
+    """
     _checks.tensor("logits", logits)
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D [B, K], got shape {tuple(logits.shape)}")
@@ -168,7 +192,7 @@ def energy_head(
     # assert, where a host check would cost a sync per call).
     native = backend("energy_head", logits.device) in ("cpu", "cuda")
     y = _checks.labels(y, logits, check_range=not native)
-    temperature = _checks.number("temperature", temperature, strict=True)
+    temperature = _checks.temperature(temperature)
     energy, cond, ce = implementation("energy_head", logits.device)(logits, y, temperature)
     if y is None:
         return EnergyOut(energy, None, None)

@@ -1,7 +1,9 @@
 """pgd_init: the PGD random start, uniform in the L-inf box or the L2 ball of radius eps, clamped.
 
 L2 draws a direction z / ||z|| from the element normals and a radius eps * u^(1/d) (d = elements
-per sample) from one extra Philox block per sample, which is uniform in the ball.
+per sample) from one extra Philox block per sample, which is uniform in the ball (a z that is
+exactly zero, which Box-Muller does not produce in practice, gives no offset). Not differentiable
+(see ebjdat/ops/_library.py `define`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def reference(
         radius_counters = torch.arange(batch, device=x.device) + offset + _philox.blocks_for(n)
         u = _philox._to_uniform(_philox.philox4x32_10(seed, radius_counters)[0]).double()
         r = u ** (1.0 / z.shape[1])
-        scale = (eps * r).to(acc) / torch.linalg.vector_norm(z, dim=1).clamp_min(1e-12)
+        # Normals are bounded (|z| < 6), so ||z|| needs no scaling; z == 0 gives no offset.
+        zn = torch.linalg.vector_norm(z, dim=1)
+        scale = torch.where(zn > 0, (eps * r).to(acc) / zn, 0.0)
         v = xv + unflat((z * scale[:, None]).reshape(-1), out)
     if clamp_min is not None or clamp_max is not None:
         v = torch.clamp(v, clamp_min, clamp_max)
@@ -91,7 +95,10 @@ def pgd_init(
     clamp: tuple[float | None, float | None] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """x + a uniform draw from the eps-box (linf) or eps-ball (l2), clamped."""
+    """x + a uniform draw from the eps-box (linf) or eps-ball (l2), clamped.
+
+    Not differentiable: the output never requires grad, like a detached tensor.
+    """
     _checks.batched("x", _checks.tensor("x", x))
     lo, hi = _checks.clamp_pair(clamp)
     args = (

@@ -1,8 +1,13 @@
 """pgd_step: one PGD ascent step, projection onto the eps-ball around x_orig, and clamp.
 
-L-inf steps by step_size * sign(grad); L2 by step_size * grad / ||grad|| per sample (a zero
-gradient takes no step) and rescales the per-sample delta to norm <= eps. eps=None skips the
-projection, as the official EB-JDAT code does. NaN in any input propagates to the output.
+L-inf steps by step_size * sign(grad). L2 steps by step_size * grad / ||grad|| per sample and
+rescales the per-sample delta to norm <= eps. Both norms are computed without overflow or
+underflow: a vector v is scaled by s = 1 / max|v| (kept a normal number) before squaring, and
+v / ||v|| = (v * s) / ||v * s||, so any nonzero gradient, from the smallest subnormal to the
+largest finite value, gives a unit direction; a gradient that is exactly zero takes no step, and
+one with an infinite or NaN component makes its sample NaN (its direction is undefined).
+eps=None skips the projection, as the official EB-JDAT code does. NaN in any input propagates to
+the output. Not differentiable (see ebjdat/ops/_library.py `define`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ SCHEMA = (
     "(Tensor x_adv, Tensor grad, Tensor x_orig, float step_size, float? eps, str norm, "
     "float? clamp_min, float? clamp_max) -> Tensor"
 )
-_TINY = 1e-12
+
+
+def prescale(vmax: torch.Tensor) -> torch.Tensor:
+    """Per-sample s with v * s safe to square: 1 / max|v|, the max clamped to the normal range
+    [tiny, 1 / tiny] of its dtype so that s stays a normal number (a flush-to-zero unit would
+    zero a subnormal one), and 0 for an infinite max (inf * 0 is NaN: no direction)."""
+    tiny = torch.finfo(vmax.dtype).tiny
+    s = 1.0 / vmax.clamp(tiny, 1.0 / tiny)
+    return torch.where(torch.isinf(vmax), 0.0, s)
 
 
 def reference(
@@ -42,13 +55,24 @@ def reference(
             v = torch.minimum(torch.maximum(v, o - eps), o + eps)
     else:
         batch = out.shape[0]
-        gnorm = torch.linalg.vector_norm(g.reshape(batch, -1), dim=1).clamp_min(_TINY)
-        v = a + (step_size / gnorm).view(-1, *[1] * (g.dim() - 1)) * g
+        per_sample = (-1,) + (1,) * (g.dim() - 1)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, -1)
+
+        s = prescale(rows(g).abs().amax(1))
+        q = g * s.view(per_sample)  # |q| <= 1 (up to the clamp of the max)
+        ss = rows(q * q).sum(1)
+        c = torch.where(ss == 0, 0.0, step_size / ss.sqrt())  # g == 0: no step
+        v = a + q * c.view(per_sample)
         if eps is not None:
             delta = v - o
-            dn = torch.linalg.vector_norm(delta.reshape(batch, -1), dim=1)
-            factor = torch.where(dn > eps, eps / dn, torch.where(torch.isnan(dn), dn, 1.0))
-            v = o + delta * factor.view(-1, *[1] * (g.dim() - 1))
+            t = prescale(rows(delta).abs().amax(1))
+            r = rows((delta * t.view(per_sample)) ** 2).sum(1).sqrt()  # t * ||delta||
+            inside = ~(r > eps * t)  # eps * t may overflow to inf: then it is inside
+            t1 = torch.where(inside, 1.0, t)
+            factor = torch.where(inside, torch.where(torch.isnan(r), r, 1.0), eps / r)
+            v = o + delta * t1.view(per_sample) * factor.view(per_sample)
     if clamp_min is not None or clamp_max is not None:
         v = torch.clamp(v, clamp_min, clamp_max)
     return out.copy_(v)
@@ -103,7 +127,12 @@ def pgd_step(
     norm: str = "linf",
     clamp: tuple[float | None, float | None] | None = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Ascend along grad, project onto the eps-ball around x_orig (unless eps=None), clamp."""
+    """Ascend along grad, project onto the eps-ball around x_orig (unless eps=None), clamp.
+
+    L2: the step is step_size * grad / ||grad|| for any nonzero grad (norms are scaled by the
+    sample's max first, so tiny and huge gradients work); an all-zero grad takes no step.
+    Not differentiable: the output never requires grad, like a detached tensor.
+    """
     _checks.batched("x_adv", _checks.tensor("x_adv", x_adv))
     _checks.like("grad", grad, "x_adv", x_adv)
     _checks.like("x_orig", x_orig, "x_adv", x_adv)

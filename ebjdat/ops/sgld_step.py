@@ -3,6 +3,7 @@
 n is N(0, 1) drawn inside the kernel from Philox (ebjdat/ops/_philox.py), seeded from `generator`
 or the device's default generator; an explicit `noise` tensor replaces it (parity mode). NaN in
 any input propagates to the output; grad_clip=None, clamp=None and noise_std=0 switch parts off.
+Neither op is differentiable (see ebjdat/ops/_library.py `define`).
 """
 
 from __future__ import annotations
@@ -163,7 +164,10 @@ def sgld_step(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """clamp(x + step_size * clip(grad, ±grad_clip) + noise_std * N(0, 1), *clamp), fused."""
+    """clamp(x + step_size * clip(grad, ±grad_clip) + noise_std * N(0, 1), *clamp), fused.
+
+    Not differentiable: the output never requires grad, like a detached tensor (no warning).
+    """
     args = _arguments(x, grad, step_size, grad_clip, noise_std, clamp, noise, generator)
     return implementation("sgld_step", x.device)(*args)
 
@@ -179,7 +183,14 @@ def sgld_step_(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """In-place sgld_step: updates and returns x."""
+    """In-place sgld_step: updates and returns x.
+
+    Not differentiable, like an optimizer step: with grad mode on, an x that requires grad is
+    refused (RuntimeError), so run it under torch.no_grad() or on a detached tensor. The update
+    bumps x's version counter, so autograd rejects a backward through values saved before it.
+    x must not overlap itself (an expanded tensor, say), and grad and noise must be either x
+    itself or disjoint from it (ValueError otherwise): the kernels write x while reading them.
+    """
     args = _arguments(x, grad, step_size, grad_clip, noise_std, clamp, noise, generator)
     implementation("sgld_step_", x.device)(*args)
     return x
