@@ -111,6 +111,7 @@ def test_training_iteration_never_waits_for_the_gpu(tmp_path) -> None:  # noqa: 
     cfg = config.load_preset("digits")
     for assignment in (
         "train.eval_limit=0",
+        "train.select_metric=val_acc",  # no robust validation runs
         "train.sample_grid=0",
         "data.batch_size=16",
         "data.labelled_batch_size=16",
@@ -177,7 +178,8 @@ def test_training_step_with_cuda_graphs_keeps_the_loss(tmp_path) -> None:  # noq
     losses = []
     for graphs in ("false", "true"):
         cfg = config.load_preset("digits")
-        for assignment in ("train.eval_limit=0", "train.sample_grid=0", "sgld.steps=3",
+        for assignment in ("train.eval_limit=0", "train.select_metric=val_acc",
+                           "train.sample_grid=0", "sgld.steps=3",
                            "adv.steps=2", f"train.cuda_graphs={graphs}"):
             config.override(cfg, assignment)
         trainer = Trainer(cfg.validate(), tmp_path / graphs, device="cuda", progress_bar=False)

@@ -41,6 +41,7 @@ def test_reference_computes_the_official_preset_loss(
         "sgld.reinit_freq=0",
         "adv.random_start=false",
         "train.eval_limit=0",
+        "train.select_metric=val_acc",  # no robust validation runs
         "optim.lr=0",
         "optim.weight_decay=0",
         "data.noise_std=0",

@@ -86,6 +86,7 @@ def _config(model: str, batch: int, overrides: list[str]) -> C.Config:
         f"data.labelled_batch_size={batch}",
         "sgld.init=gaussian",  # JEM++'s informative init (fitted on the synthetic images)
         "train.eval_limit=0",
+        "train.select_metric=val_acc",  # no robust validation runs
         "train.sample_grid=0",
         *overrides,
     ]:

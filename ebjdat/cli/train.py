@@ -11,22 +11,26 @@ import argparse
 import datetime as dt
 import gc
 import os
-import shutil
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
 
 from ebjdat.cpu_allocator import tune_cpu_allocator
 
-from .common import EXIT_USAGE, UsageError, device_from
+from .common import Parser, UsageError, check_backends, device_from, one_line, report_error
+
+PROG = "ebjdat-train"
 
 
 def parser() -> argparse.ArgumentParser:
     from ebjdat.train import preset_names
 
-    p = argparse.ArgumentParser(
-        prog="ebjdat-train",
+    p = Parser(
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -65,7 +69,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in --out from its last checkpoint, exactly",
     )
-    p.add_argument("--overwrite", action="store_true", help="delete an existing --out first")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing ebjdat run at --out (only a directory that is an ebjdat run, "
+        "and only once the new run's first checkpoint is written)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     return p
@@ -89,6 +98,15 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 - returns ebjdat.t
             cfg.preset = Path(args.config).stem
     else:
         cfg = C.load_preset(args.preset or "digits")
+    for section, values in _flag_values(args).items():
+        C.apply(cfg, {section: values}, source="flags")
+    for assignment in args.set:
+        C.override(cfg, assignment)
+    return cfg.validate()
+
+
+def _flag_values(args: argparse.Namespace) -> dict[str, dict]:
+    """The config values given as flags, by section (flags not given are left out)."""
     flags = {
         "data": {
             "dataset": args.dataset,
@@ -97,46 +115,78 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 - returns ebjdat.t
         },
         "train": {"epochs": args.epochs, "seed": args.seed},
     }
-    for section, values in flags.items():
-        C.apply(cfg, {section: {k: v for k, v in values.items() if v is not None}}, source="flags")
-    for assignment in args.set:
-        C.override(cfg, assignment)
-    return cfg.validate()
+    return {s: {k: v for k, v in values.items() if v is not None} for s, values in flags.items()}
 
 
 def _extends(path: str) -> bool:
     import tomllib
 
+    from ebjdat.train.config import ConfigError, read_config_text
+
     try:
-        return "extends" in tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+        return "extends" in tomllib.loads(read_config_text(path))
+    except (ConfigError, tomllib.TOMLDecodeError):
         return False
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
-    """The run directory, checked: an existing one is never replaced without --overwrite."""
-    out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if args.resume:
-        if not (out / "checkpoints" / "last.pt").is_file():
-            raise UsageError(f"--resume: {out}/checkpoints/last.pt does not exist")
-        return out
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
+    if args.out:
+        return Path(args.out)
+    return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """--resume continues a run with its own config: flags that would change it are refused
+    (only the keys in RESUME_SAFE_KEYS may change), never silently ignored."""
+    from ebjdat.train.config import RESUME_SAFE_KEYS
+
+    if args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+    for flag, value in (
+        ("--preset", args.preset),
+        ("--config", args.config),
+        ("--dataset", args.dataset),
+        ("--seed", args.seed),
+    ):
+        if value is not None:
             raise UsageError(
-                f"run directory {out} exists; pass --resume to continue it or "
-                "--overwrite to replace it"
+                f"{flag} cannot be used with --resume: a resumed run keeps its config (it may "
+                f"change only {', '.join(RESUME_SAFE_KEYS)})"
             )
-        shutil.rmtree(out)
-    return out
+    for assignment in args.set:
+        key = assignment.split("=", 1)[0].strip()
+        if key not in RESUME_SAFE_KEYS:
+            raise UsageError(
+                f"--set {key} cannot change on --resume; a resumed run may change only "
+                f"{', '.join(RESUME_SAFE_KEYS)}"
+            )
 
 
-def _write_config(cfg, out: Path) -> None:  # noqa: ANN001
-    import tomli_w
+def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - Config
+    """The run's config from its last checkpoint, with the safe changes the flags ask for."""
+    from ebjdat.files import unwritable_reason
+    from ebjdat.train import checkpoint
+    from ebjdat.train.config import ConfigError, apply, from_dict, override
 
-    tree = cfg.to_dict()
-    head = {k: tree.pop(k) for k in ("preset", "description")}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(tomli_w.dumps(head | tree))
+    last = out / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise UsageError(f"--resume: {last} does not exist")
+    for place in (out, last.parent):
+        reason = unwritable_reason(place)
+        if reason is not None:
+            raise UsageError(f"--resume: {reason}")
+    state = checkpoint.check_training_state(checkpoint.load(last), last)
+    try:
+        cfg = from_dict(state["config"]).validate()
+    except ConfigError as err:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {last} has an unusable config ({err})"
+        ) from None
+    for section, values in _flag_values(args).items():
+        apply(cfg, {section: values}, source="flags")
+    for assignment in args.set:
+        override(cfg, assignment)
+    return cfg.validate()
 
 
 def _distributed():  # noqa: ANN202 - (Distributed, local_rank)
@@ -181,40 +231,53 @@ def _teardown(distributed) -> None:  # noqa: ANN001
         dist.destroy_process_group()
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.list_presets:
         _list_presets()
         return 0
     from ebjdat.data import DatasetNotFoundError
-    from ebjdat.train import ConfigError, Trainer, TrainingStopped
-    from ebjdat.train.checkpoint import CheckpointError, load
-    from ebjdat.train.config import apply, from_dict
+    from ebjdat.train import ConfigError, Trainer, TrainingInterrupted, TrainingStopped
+    from ebjdat.train.checkpoint import CheckpointError
+    from ebjdat.train.config import from_dict
+    from ebjdat.train.rundir import RunDirError, check_new
 
     def prepare() -> tuple[str, dict]:
-        """The run directory and config: checked, created and written by one process only."""
+        """The run directory and config, checked by one process; nothing is written yet."""
         out = _run_dir(args)
         if args.resume:
-            cfg = from_dict(load(out / "checkpoints" / "last.pt")["config"])
-            if args.epochs is not None:
-                apply(cfg, {"train": {"epochs": args.epochs}}, source="--epochs")
-            cfg.validate()
+            _check_resume_flags(args)
+            cfg = _resume_config(args, out)
         else:
+            check_new(out, overwrite=args.overwrite)
             cfg = resolve_config(args)
-            _write_config(cfg, out)
         return str(out), cfg.to_dict()
 
+    usage_errors = (UsageError, ConfigError, CheckpointError, RunDirError, DatasetNotFoundError)
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():
+        # Until the trainer takes over (it saves first), SIGTERM stops like Ctrl-C does.
+        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     distributed, local_rank = _distributed()
+    started = False
+    out: Path | None = None
     try:
         device = device_from(args.device, local_rank)
-        out_name, tree = _on_rank0(distributed, prepare,
-                                   (UsageError, ConfigError, CheckpointError))
+        check_backends(device)
+        out_name, tree = _on_rank0(distributed, prepare, usage_errors)
         out, cfg = Path(out_name), from_dict(tree).validate()
         trainer = Trainer(
             cfg, out, device=device, distributed=distributed, progress_bar=not args.no_progress
         )
         if args.resume:
             trainer.resume()
+        else:
+            trainer.start(overwrite=args.overwrite)
+        started = True
         if distributed.main:
             print(f"training preset {cfg.preset!r} on {cfg.data.dataset} ({device}) into {out}")
         last = trainer.fit()
@@ -226,19 +289,35 @@ def run(argv: list[str] | None = None) -> int:
                 f"model in {out / 'checkpoints' / 'best.pt'})"
             )
         return 0
-    except (UsageError, ConfigError, DatasetNotFoundError, CheckpointError) as err:
-        print(f"ebjdat-train: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    except usage_errors as err:
+        return report_error(PROG, err)
     except TrainingStopped as err:
-        print(f"ebjdat-train: stopped: {err}", file=sys.stderr)
+        print(f"{PROG}: stopped: {one_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except TrainingInterrupted as err:
         print(
-            "ebjdat-train: interrupted; continue with --resume from the last checkpoint",
+            f"{PROG}: interrupted by {one_line(err)}; continue with: "
+            f"ebjdat-train --out {shlex.quote(str(out))} --resume",
             file=sys.stderr,
         )
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        where = (
+            f"the last checkpoint in {out} is intact; continue with: ebjdat-train --out "
+            f"{shlex.quote(str(out))} --resume"
+            if started
+            else "nothing was written"
+        )
+        print(f"{PROG}: interrupted; {where}", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A disk that filled up or went read-only mid-run: the atomic writes left the last
+        # checkpoint whole.
+        print(f"{PROG}: error: cannot write {err.filename or out}: {err.strerror}", file=sys.stderr)
+        return 1
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         _teardown(distributed)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .config import Config, ConfigError, load_file, load_preset, override, preset_names
-from .trainer import Diverged, Trainer, TrainingStopped
+from .trainer import Diverged, Trainer, TrainingInterrupted, TrainingStopped
 
 __all__ = [
     "Config",
     "ConfigError",
     "Diverged",
     "Trainer",
+    "TrainingInterrupted",
     "TrainingStopped",
     "load_file",
     "load_preset",

@@ -1,17 +1,20 @@
 """Checkpoints that survive crashes: written to a temporary file in the same directory, fsynced,
 then renamed over the target (atomic on POSIX), and read back with weights_only=True so loading
-never unpickles arbitrary objects."""
+never unpickles arbitrary objects. Every way a file can be unreadable or not fit is reported as a
+one-line CheckpointError."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ebjdat.files import write_atomic
 
 FORMAT = "ebjdat-checkpoint"
 VERSION = 1
@@ -22,37 +25,52 @@ class CheckpointError(RuntimeError):
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, lambda f: torch.save(payload, f))
+
+
+def _why_unreadable(err: BaseException) -> str:
+    """What went wrong, in our words: torch's own message advises loading with
+    weights_only=False, which would run whatever code the file carries, so it is never shown."""
+    text = str(err)
+    blocked = re.search(r"unsupported GLOBAL (\S+)", text) or re.search(
+        r"Unsupported global: GLOBAL (\S+)", text
+    )
+    if blocked:
+        return (
+            f"it holds a pickled Python object ({blocked.group(1)}), not only tensors and plain "
+            "data; ebjdat never unpickles such objects"
+        )
+    return "not a readable torch checkpoint: truncated, corrupt or another kind of file"
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not an ebjdat checkpoint ({first})"
-        ) from None
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol: not ours
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise CheckpointError(f"checkpoint {path} is not readable (permission denied)") from None
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        OSError,
+        UnicodeDecodeError,
+    ) as err:
+        raise CheckpointError(f"checkpoint {path}: {_why_unreadable(err)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ebjdat checkpoint")
     if state.get("version") != VERSION:
@@ -60,4 +78,48 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             f"checkpoint {path} has format version {state.get('version')}; this ebjdat reads "
             f"version {VERSION}"
         )
+    return state
+
+
+# What a training checkpoint must hold for resume and rollback: key -> (type, what it is).
+TRAINING_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "config": (dict, "the run's configuration"),
+    "model": (dict, "the model's weights"),
+    "optimizer": (dict, "the optimiser's state"),
+    "progress": (dict, "the epoch and iteration counters"),
+    "history": (list, "the metrics history"),
+    "ranks": (list, "the per-process loaders, buffer and RNG states"),
+}
+PROGRESS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "iteration": int,
+    "best": (int, float),
+    "lr_scale": (int, float),
+    "retries": int,
+    "seed": int,
+}
+
+
+def check_training_state(state: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """`state` if it has everything a resume reads, with the right types; else one line naming
+    the first missing or malformed entry (a hand-edited or foreign file must not surface as a
+    KeyError deep inside the trainer)."""
+    for key, (kind, what) in TRAINING_KEYS.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} has no {key!r} entry ({what})")
+        if not isinstance(state[key], kind):
+            raise CheckpointError(
+                f"checkpoint {path}: {key!r} ({what}) is a {type(state[key]).__name__}, "
+                f"not a {kind.__name__}"
+            )
+    for key, kind in PROGRESS_KEYS.items():
+        value = state["progress"].get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CheckpointError(
+                f"checkpoint {path}: progress.{key} is missing or not a number ({value!r})"
+            )
+    if not state["ranks"] or not all(isinstance(r, dict) for r in state["ranks"]):
+        raise CheckpointError(f"checkpoint {path}: 'ranks' holds no per-process state")
+    if not all(isinstance(row, dict) for row in state["history"]):
+        raise CheckpointError(f"checkpoint {path}: 'history' rows must be tables")
     return state

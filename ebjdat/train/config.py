@@ -9,6 +9,7 @@ official values carry over unchanged.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -26,39 +27,62 @@ class ConfigError(ValueError):
     """A bad config file, preset or override; the message names the key."""
 
 
+def _field(default: Any, *, choices: tuple[str, ...] | None = None, **limits: float) -> Any:
+    """A config field with its allowed values: `choices` for strings; ge/gt/le/lt bounds for
+    numbers (also each item of a list). Numbers must be finite unless a bound says inf."""
+    meta = {"choices": choices, "limits": limits}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# What `--resume` may change, because it alters no result already computed: how long to train,
+# how often to checkpoint and draw grids, how often a rollback may retry, and where the data is.
+RESUME_SAFE_KEYS = (
+    "train.epochs",
+    "train.checkpoint_every_iters",
+    "train.sample_grid",
+    "train.max_retries",
+    "data.root",
+    "data.download",
+)
+
+MAX_SEED = 2**32 - 1  # per-rank and per-retry seeds derived from it stay within 64 bits
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "digits"
+    dataset: str = _field("digits", choices=DATASETS)
     root: str = ""
     download: bool = False
-    batch_size: int = 64  # positives x_p_d and SGLD chains
-    labelled_batch_size: int = 64  # the classification / adversarial batch
-    augment_pad: int = 1
+    batch_size: int = _field(64, ge=1)  # positives x_p_d and SGLD chains
+    labelled_batch_size: int = _field(64, ge=1)  # the classification / adversarial batch
+    augment_pad: int = _field(1, ge=0)
     augment_flip: bool = False
     augment_positives: bool = True  # SADA-JEM leaves x_p_d unaugmented
-    noise_std: float = 0.03  # data noise in [-1, 1] units, as the official code adds it
+    noise_std: float = _field(0.03, ge=0)  # data noise in [-1, 1] units, as the official code
     noise_positives: bool = True
     noise_labelled: bool = True
-    image_size: int = 0  # only for imagefolder (0: dataset default)
+    image_size: int = _field(0, ge=0)  # only for imagefolder (0: dataset default)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "wrn-10-2"
-    norm: str = "batch"  # "batch" or "none"
-    bn_momentum: float = 0.9  # PyTorch convention: the official "momentum 0.9"
-    dropout: float = 0.0
+    arch: str = "wrn-10-2"  # wrn-DEPTH-WIDEN, checked by the model builder's parser
+    norm: str = _field("batch", choices=("batch", "none"))
+    bn_momentum: float = _field(0.9, ge=0, le=1)  # PyTorch convention: official "momentum 0.9"
+    dropout: float = _field(0.0, ge=0, lt=1)
 
 
 @dataclass
 class SGLDConfig:
-    buffer_size: int = 10000
-    reinit_freq: float = 0.05
-    init: str = "gaussian"  # "gaussian" (per-class, fitted locally) or "uniform"
-    steps: int = 10
-    step_size: float = 1.0
-    noise_std: float = 0.0
-    grad_clip: float | None = 1.0
+    buffer_size: int = _field(10000, ge=1)
+    reinit_freq: float = _field(0.05, ge=0, le=1)
+    init: str = _field("gaussian", choices=("gaussian", "uniform"))  # per-class Gaussians
+    steps: int = _field(10, ge=0)
+    step_size: float = _field(1.0, ge=0)
+    noise_std: float = _field(0.0, ge=0)
+    grad_clip: float | None = _field(1.0, gt=0)
     clamp: bool = True  # keep samples in [-1, 1]; the official JEM sampler does not
     bn_train: bool = True  # the official JEM++/SADA-JEM samplers run BN in train mode
 
@@ -66,61 +90,63 @@ class SGLDConfig:
 @dataclass
 class AdvConfig:
     enabled: bool = True
-    objective: str = "ce"  # "logit" (official: ascend the true-class logit) or "ce"
+    # "logit" (official: ascend the true-class logit) or "ce"
+    objective: str = _field("ce", choices=("logit", "ce"))
     perception_loss: bool = False
     project: bool = True  # the official code never projects onto the eps-ball
-    eps: float = 8 / 255  # [0, 1] pixel units
-    step_size: float = 2 / 255
-    steps: int = 5
+    eps: float = _field(8 / 255, ge=0, le=1)  # [0, 1] pixel units
+    step_size: float = _field(2 / 255, ge=0, le=1)
+    steps: int = _field(5, ge=0)
     random_start: bool = True
 
 
 @dataclass
 class LossConfig:
-    w_px: float = 1.0  # E(x+) - E(x_q): the generative term
-    w_ce: float = 1.0  # CE on clean labelled data
-    w_align: float = 0.1  # E(x+) - E(x_adv): adversarial energy alignment
-    w_ce_adv: float = 1.0  # CE on adversarial samples
-    align_positives: str = "paired"  # "paired": x+ = the clean images x_adv came from;
-    # "unpaired": the other minibatch, as the official code does
+    w_px: float = _field(1.0, ge=0)  # E(x+) - E(x_q): the generative term
+    w_ce: float = _field(1.0, ge=0)  # CE on clean labelled data
+    w_align: float = _field(0.1, ge=0)  # E(x+) - E(x_adv): adversarial energy alignment
+    w_ce_adv: float = _field(1.0, ge=0)  # CE on adversarial samples
+    # "paired": x+ = the clean images x_adv came from; "unpaired": the other minibatch, as the
+    # official code does
+    align_positives: str = _field("paired", choices=("paired", "unpaired"))
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # "sgd", "adam" or "sam"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 4e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_iters: int = 1000
-    decay_epochs: list[int] = field(default_factory=lambda: [40, 80, 120])
-    decay_rate: float = 0.2
-    sam_rho: float = 2.0
+    name: str = _field("sgd", choices=("sgd", "adam", "sam"))
+    lr: float = _field(0.01, ge=0)
+    momentum: float = _field(0.9, ge=0, lt=1)
+    weight_decay: float = _field(4e-4, ge=0)
+    betas: list[float] = _field([0.9, 0.999], ge=0, lt=1)
+    warmup_iters: int = _field(1000, ge=0)
+    decay_epochs: list[int] = _field([40, 80, 120], ge=0)
+    decay_rate: float = _field(0.2, gt=0)
+    sam_rho: float = _field(2.0, gt=0)
     sam_adaptive: bool = True
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 150
-    seed: int = 1
-    select_metric: str = "val_acc"  # "val_acc" or "val_robust_acc"
-    eval_eps: float = 8 / 255  # PGD validation robustness, pixel units
-    eval_steps: int = 10
-    eval_limit: int = 1000  # validation examples for the robust metric per epoch
-    checkpoint_every_iters: int = 0  # 0: only at epoch ends
-    sample_grid: int = 64  # buffer samples written per epoch
-    max_loss: float = 1e8  # |loss| above this counts as divergence
-    max_energy: float = 1e6  # |mean buffer energy| above this counts as divergence
-    max_retries: int = 3
+    epochs: int = _field(150, ge=0)
+    seed: int = _field(1, ge=0, le=MAX_SEED)
+    select_metric: str = _field("val_acc", choices=("val_acc", "val_robust_acc"))
+    eval_eps: float = _field(8 / 255, ge=0, le=1)  # PGD validation robustness, pixel units
+    eval_steps: int = _field(10, ge=0)
+    eval_limit: int = _field(1000, ge=0)  # validation examples for the robust metric per epoch
+    checkpoint_every_iters: int = _field(0, ge=0)  # 0: only at epoch ends
+    sample_grid: int = _field(64, ge=0)  # buffer samples written per epoch
+    max_loss: float = _field(1e8, gt=0)  # |loss| above this counts as divergence
+    max_energy: float = _field(1e6, gt=0)  # |mean buffer energy| above this: divergence
+    max_retries: int = _field(3, ge=0)
     # The host reads the divergence check and the running metrics every sync_every iterations
     # (and before each checkpoint), so a GPU step never waits on them (train/watch.py).
-    sync_every: int = 20
-    retry_lr_factor: float = 0.5
+    sync_every: int = _field(20, ge=1)
+    retry_lr_factor: float = _field(0.5, gt=0, le=1)
     # Speed switches. channels_last keeps the same function (float rounding aside); autocast
     # "bf16" runs forwards in bfloat16 (energies and the loss stay float32): opt-in, the loss
     # then agrees to ~1e-2 relative; compile wraps the model's forward in torch.compile.
     channels_last: bool = True
-    autocast: str = "none"  # "none" or "bf16"
+    autocast: str = _field("none", choices=("none", "bf16"))
     compile: bool = False
     # CUDA only: capture one SGLD and one adversarial step as CUDA graphs and replay them
     # (sampling/cuda_graphs.py); the same function, fewer kernel launches.
@@ -147,46 +173,61 @@ class Config:
         return _nones_to_strings(dataclasses.asdict(self))
 
     def validate(self) -> Config:
-        _choice(
-            "data.dataset",
-            self.data.dataset,
-            DATASETS,
-        )
-        _choice("model.norm", self.model.norm, ("batch", "none"))
-        _choice("sgld.init", self.sgld.init, ("gaussian", "uniform"))
-        _choice("adv.objective", self.adv.objective, ("logit", "ce"))
-        _choice("loss.align_positives", self.loss.align_positives, ("paired", "unpaired"))
-        _choice("optim.name", self.optim.name, ("sgd", "adam", "sam"))
-        _choice("train.select_metric", self.train.select_metric, ("val_acc", "val_robust_acc"))
-        _choice("train.autocast", self.train.autocast, ("none", "bf16"))
-        for key, value, low in [
-            ("data.batch_size", self.data.batch_size, 1),
-            ("data.labelled_batch_size", self.data.labelled_batch_size, 1),
-            ("sgld.buffer_size", self.sgld.buffer_size, 1),
-            ("train.epochs", self.train.epochs, 0),
-            ("sgld.steps", self.sgld.steps, 0),
-            ("adv.steps", self.adv.steps, 0),
-            ("train.sync_every", self.train.sync_every, 1),
-        ]:
-            if value < low:
-                raise ConfigError(f"{key} must be >= {low}, got {value}")
-        for key in (
-            "sgld.step_size",
-            "sgld.noise_std",
-            "adv.eps",
-            "adv.step_size",
-            "optim.lr",
-            "data.noise_std",
-            "train.eval_eps",
-        ):
-            section, name = key.split(".")
-            if getattr(getattr(self, section), name) < 0:
-                raise ConfigError(f"{key} must be >= 0")
-        if not 0 <= self.sgld.reinit_freq <= 1:
-            raise ConfigError("sgld.reinit_freq must lie in [0, 1]")
+        """Checks every key against its declared range, then the rules that join keys; the
+        first problem raises a ConfigError that names the key."""
+        for section in SECTIONS:
+            values = getattr(self, section)
+            hints = _section_types(section)
+            for f in fields(values):
+                _check_field(f"{section}.{f.name}", getattr(values, f.name), hints[f.name], f)
+        from ebjdat.models.jem import parse_arch
+
+        try:
+            parse_arch(self.model.arch)
+        except ValueError as err:
+            raise ConfigError(f"model.arch: {err}") from None
+        if len(self.optim.betas) != 2:
+            raise ConfigError(f"optim.betas must hold two values, got {self.optim.betas}")
+        if self.optim.decay_epochs != sorted(self.optim.decay_epochs):
+            raise ConfigError(
+                f"optim.decay_epochs must be in increasing order, got {self.optim.decay_epochs}"
+            )
         if self.loss.w_px != 0 and self.sgld.buffer_size < self.data.batch_size:
             raise ConfigError("sgld.buffer_size must be at least data.batch_size")
+        t = self.train
+        if t.select_metric == "val_robust_acc" and (t.eval_steps < 1 or t.eval_limit < 1):
+            raise ConfigError(
+                "train.select_metric = val_robust_acc needs train.eval_steps >= 1 and "
+                "train.eval_limit >= 1 (else the robust accuracy is never measured)"
+            )
         return self
+
+
+def _check_field(key: str, value: Any, hint: Any, f: dataclasses.Field) -> None:
+    """One value against its type and its field's declared choices and bounds."""
+    choices = f.metadata.get("choices")
+    limits = f.metadata.get("limits", {})
+    if value is None:
+        if type(None) not in typing.get_args(hint):
+            raise ConfigError(f"{key} must be set (none is not allowed)")
+        return
+    if choices is not None:
+        _choice(key, value, choices)
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{key} must be a finite number, got {item}")
+        for name, bound in limits.items():
+            ok = {
+                "ge": item >= bound,
+                "gt": item > bound,
+                "le": item <= bound,
+                "lt": item < bound,
+            }[name]
+            if not ok:
+                sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[name]
+                raise ConfigError(f"{key} must be {sign} {bound:g}, got {item}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -316,12 +357,27 @@ def load_preset(name: str) -> Config:
     return config
 
 
-def load_file(path: str | Path, base: Config | None = None) -> Config:
-    """A config file: a full config, or overrides on a preset named by its `extends` key."""
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file, or a one-line ConfigError (missing, a directory, unreadable,
+    not UTF-8)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    tree = _read_toml(path.read_text(), str(path))
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); TOML files are UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror})") from None
+
+
+def load_file(path: str | Path, base: Config | None = None) -> Config:
+    """A config file: a full config, or overrides on a preset named by its `extends` key."""
+    tree = _read_toml(read_config_text(path), str(path))
     config = base or (load_preset(tree["extends"]) if "extends" in tree else Config())
     return apply(config, tree, source=str(path))
 
@@ -338,3 +394,12 @@ def override(config: Config, assignment: str) -> Config:
 def from_dict(tree: dict[str, Any]) -> Config:
     """The inverse of Config.to_dict (for checkpoints)."""
     return apply(Config(), tree, source="checkpoint config")
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML (what a run's config.toml holds), metadata first."""
+    import tomli_w
+
+    tree = config.to_dict()
+    head = {k: tree.pop(k) for k in ("preset", "description")}
+    return tomli_w.dumps(head | tree)

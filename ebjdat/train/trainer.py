@@ -12,6 +12,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,11 +26,12 @@ import torch.distributed as dist
 from ebjdat.attacks import AdvSamplerConfig, adversarial_samples, pgd_attack
 from ebjdat.data import Augment, TensorLoader, dataset_info, load_split_tensors, to_float01
 from ebjdat.eval.robustness import clean_accuracy
+from ebjdat.files import write_text_atomic
 from ebjdat.models import JEM, build_model, frozen_bn_stats
 from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
 
-from . import checkpoint
-from .config import Config, ConfigError, from_dict
+from . import checkpoint, rundir
+from .config import RESUME_SAFE_KEYS, Config, ConfigError, from_dict, to_toml
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
 from .schedule import learning_rate
@@ -63,6 +66,18 @@ class PhaseTimer:
 
 class TrainingStopped(RuntimeError):
     """Divergence persisted through every allowed retry; the last good checkpoint is intact."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM (a scheduler's preemption) stopped training after a checkpoint of the
+    interrupted state was written; `--resume` continues it exactly."""
+
+    def __init__(self, signum: int, epoch: int, iteration: int, path: Path) -> None:
+        self.signum, self.epoch, self.iteration, self.path = signum, epoch, iteration, path
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} at epoch {epoch + 1}, iteration {iteration}; saved {path}"
+        )
 
 
 @dataclass
@@ -102,9 +117,13 @@ class Trainer:
         distributed: Distributed | None = None,
         log: Callable[[str], None] = print,
         progress_bar: bool = True,
+        handle_signals: bool = True,
     ) -> None:
         self.cfg = config.validate()
         self.out = Path(out_dir)
+        self.handle_signals = handle_signals
+        self._stop_signal: int | None = None
+        self.run_id: str | None = None
         self.device = torch.device(device)
         self.dist = distributed or Distributed()
         self.log = log if self.dist.main else (lambda msg: None)
@@ -121,6 +140,15 @@ class Trainer:
         train_x, train_y = load_split_tensors(d.dataset, "train", root, d.download, size)
         self.val_x, self.val_y = load_split_tensors(d.dataset, "val", root, d.download, size)
         self.image_shape = tuple(train_x.shape[1:])
+        for key, size in (
+            ("data.labelled_batch_size", d.labelled_batch_size),
+            ("data.batch_size", d.batch_size),
+        ):
+            if size > len(train_x):
+                raise ConfigError(
+                    f"{key} = {size} is larger than the {d.dataset} training split "
+                    f"({len(train_x)} images)"
+                )
         m = self.cfg.model
         self.model: JEM = build_model(
             m.arch,
@@ -204,9 +232,8 @@ class Trainer:
         )
         self.watch = StepWatch(t.max_loss, t.max_energy, self.device, self.dist.world_size)
         self._resumed = False
-        self.metrics_path = self.out / "metrics.jsonl"
-        self.ckpt_dir = self.out / "checkpoints"
-        self._writer = self._tensorboard()
+        self._started = False
+        self._writer: Any = None  # TensorBoard, opened at the first metrics row
 
     # ---- construction helpers ----------------------------------------------------------------
 
@@ -221,6 +248,14 @@ class Trainer:
         if o.name == "sam":
             return SAM(params, torch.optim.SGD, rho=o.sam_rho, adaptive=o.sam_adaptive, **sgd)
         return torch.optim.SGD(params, **sgd)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
 
     def _tensorboard(self) -> Any:
         if not self.dist.main:
@@ -415,6 +450,7 @@ class Trainer:
         p = self.state
         return {
             "config": self.cfg.to_dict(),
+            "run_id": self.run_id,
             "model": self.model.state_dict(),
             "model_config": self.model.config,
             "optimizer": self.optimizer.state_dict(),
@@ -431,9 +467,21 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
+        """Restores everything; a checkpoint that does not fit this trainer (another model,
+        optimiser, loader or buffer) raises a one-line CheckpointError, not a KeyError or a
+        35-line size-mismatch report."""
+        from ebjdat.models.loading import load_weights
+
+        checkpoint.check_training_state(state, source)
+        load_weights(self.model, state["model"], str(source))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {source}: its optimiser state does not fit optim.name = "
+                f"{self.cfg.optim.name!r} ({_first_line(err)})"
+            ) from None
         p = state["progress"]
         self.state = Progress(
             epoch=int(p["epoch"]),
@@ -452,17 +500,23 @@ class Trainer:
             )
             return
         local = ranks[self.dist.rank]
-        self.labelled.load_state_dict(local["labelled"])
-        self.positives.load_state_dict(local["positives"])
-        self._positive_batches = iter(self.positives)
-        if self.buffer is not None and local["buffer"] is not None:
-            self.buffer.load_state_dict(local["buffer"])
-        self.generator.set_state(local["generator"])
-        torch.set_rng_state(local["torch_rng"])
-        if local["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(local["cuda_rng"])
-        random.setstate((3, tuple(local["python_rng"]), None))
-        self.watch.load_state_dict(local.get("watch", {}))
+        try:
+            self.labelled.load_state_dict(local["labelled"])
+            self.positives.load_state_dict(local["positives"])
+            self._positive_batches = iter(self.positives)
+            if self.buffer is not None and local["buffer"] is not None:
+                self.buffer.load_state_dict(local["buffer"])
+            self.generator.set_state(local["generator"])
+            torch.set_rng_state(local["torch_rng"])
+            if local["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(local["cuda_rng"])
+            random.setstate((3, tuple(local["python_rng"]), None))
+            self.watch.load_state_dict(local.get("watch", {}))
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {source}: its loader, buffer or RNG state does not fit this run "
+                f"({_first_line(err)})"
+            ) from None
 
     def save(self, *names: str) -> None:
         self.watch.check()  # never write a checkpoint after an unchecked diverged step
@@ -470,24 +524,69 @@ class Trainer:
         if self.dist.main:
             for name in names:
                 checkpoint.save(self.ckpt_dir / name, state)
+            self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        """metrics.jsonl, rewritten whole from the history of the checkpoint just written: the
+        file always agrees with the last checkpoint, whatever failed or was resumed in between."""
+        if self.dist.main:
+            text = "".join(json.dumps(row) + "\n" for row in self.state.history)
+            write_text_atomic(self.metrics_path, text)
+
+    def start(self, *, overwrite: bool = False) -> None:
+        """Creates the run directory with its config, marker and first checkpoint, atomically:
+        it appears complete (and resumable) or not at all. With `overwrite`, an existing ebjdat
+        run at the same place is replaced only once the new one stands."""
+        final = self.out
+        new = rundir.NewRun(final) if self.dist.main else None
+        if new is not None:
+            rundir.check_new(final, overwrite=overwrite)
+            self.run_id = new.id
+        try:
+            if new is not None:
+                self.out = new.begin(to_toml(self.cfg))
+            self.save("last.pt")  # the first good state a rollback can return to
+            if new is not None:
+                new.commit()
+        except BaseException:
+            if new is not None:
+                new.abort()
+            raise
+        finally:
+            self.out = final
+        self._started = True
 
     def resume(self) -> None:
-        state = checkpoint.load(self.ckpt_dir / "last.pt", map_location=self.device)
-        saved = from_dict(state["config"])
-        if saved.to_dict() != self.cfg.to_dict():
-            changed = [
-                f"{section}.{key}"
-                for section, values in saved.to_dict().items()
-                if isinstance(values, dict)
-                for key, value in values.items()
-                if self.cfg.to_dict()[section][key] != value
-            ]
-            self.log(f"resuming with a changed config: {', '.join(changed) or 'metadata'}")
-        self.load_state_dict(state)
+        path = self.ckpt_dir / "last.pt"
+        state = checkpoint.check_training_state(
+            checkpoint.load(path, map_location=self.device), path
+        )
+        try:
+            saved = from_dict(state["config"]).validate()
+        except ConfigError as err:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path} has an unusable config ({err})"
+            ) from None
+        rundir.check_resume(self.out, state.get("run_id"), state["config"], path)
+        changed = config_changes(saved, self.cfg)
+        refused = [key for key in changed if key not in RESUME_SAFE_KEYS]
+        if refused:
+            raise ConfigError(
+                f"--resume: {refused[0]} differs from the run's config; a resumed run keeps its "
+                f"config except {', '.join(RESUME_SAFE_KEYS)}"
+            )
+        self.load_state_dict(state, path)
+        self.run_id = state.get("run_id") or rundir.run_id(self.out)
+        if changed and self.dist.main:
+            write_text_atomic(self.out / "config.toml", to_toml(self.cfg))
+            self.log("resume: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        self._write_metrics()  # drop rows written after the checkpoint (a crash in between)
+        if self.dist.main:  # temporaries of writes that a kill -9 cut short
+            for stale in self.ckpt_dir.glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
         self._resumed = True
         self.log(
-            f"resumed from {self.ckpt_dir / 'last.pt'} at epoch {self.state.epoch}, "
-            f"iteration {self.state.iteration}"
+            f"resumed from {path} at epoch {self.state.epoch}, iteration {self.state.iteration}"
         )
 
     def _rollback(self, reason: Diverged) -> None:
@@ -499,8 +598,9 @@ class Trainer:
                 f"training diverged ({reason}) and {self.cfg.train.max_retries} rollbacks did not "
                 f"help; the last good checkpoint is {self.ckpt_dir / 'last.pt'}"
             )
-        state = checkpoint.load(self.ckpt_dir / "last.pt", map_location=self.device)
-        self.load_state_dict(state)  # the watch too: the checkpoint's sums, nothing pending
+        path = self.ckpt_dir / "last.pt"
+        self.load_state_dict(checkpoint.load(path, map_location=self.device), path)
+        # ^ the watch too: the checkpoint's sums, nothing pending
         self.state.retries, self.state.lr_scale = retries, scale
         self.state.seed = self.cfg.train.seed + 7919 * retries
         self.generator.manual_seed(self.state.seed * 1000 + self.dist.rank + 4)
@@ -508,6 +608,54 @@ class Trainer:
             f"divergence: {reason}; rolled back to epoch {self.state.epoch}, iteration "
             f"{self.state.iteration}, learning-rate scale {scale:g}, seed {self.state.seed} "
             f"(retry {retries}/{self.cfg.train.max_retries})"
+        )
+
+    # ---- interruption ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM only ask training to stop: the loop then saves the state it has
+        reached and raises TrainingInterrupted. A second signal stops at once (the last
+        checkpoint on disk stays intact: writes are atomic)."""
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum  # nothing else here: printing could re-enter stdout
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
+        try:
+            yield
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop; under DDP every rank agrees, at sync points only, so
+        that all of them take part in the same checkpoint."""
+        if self.dist.world_size == 1:
+            return self._stop_signal is not None
+        if self.state.iteration % self.cfg.train.sync_every:
+            return False
+        flag = torch.tensor(
+            [0 if self._stop_signal is None else int(self._stop_signal)], device=self.device
+        )
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self._stop_signal is None:
+            self._stop_signal = int(flag.item())
+        return bool(flag.item())
+
+    def _interrupt(self) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            int(self._stop_signal or signal.SIGINT),
+            self.state.epoch,
+            self.state.iteration,
+            self.ckpt_dir / "last.pt",
         )
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -524,11 +672,12 @@ class Trainer:
         save_image(grid, path, nrow=int(math.sqrt(n)) or 1, padding=1)
 
     def _record(self, row: dict[str, Any]) -> None:
+        """Adds the epoch's row to the history; metrics.jsonl follows with the checkpoint."""
         self.state.history.append(row)
         if not self.dist.main:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self._writer is None:
+            self._writer = self._tensorboard()
         if self._writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -563,6 +712,11 @@ class Trainer:
                         if k in means
                     }
                 )
+            if self._stop_requested():
+                bar.close()
+                self.log(f"{signal.Signals(self._stop_signal).name}: saving a checkpoint")
+                self.save("last.pt")
+                raise self._interrupt()
             if every and self.state.iteration % every == 0:
                 self.save("last.pt")
         bar.close()
@@ -573,10 +727,21 @@ class Trainer:
         }
 
     def fit(self) -> dict[str, Any]:
-        """Trains to cfg.train.epochs and returns the last metrics row."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not self._resumed:
-            self.save("last.pt")  # the first good state a rollback can return to
+        """Trains to cfg.train.epochs and returns the last metrics row. A new run's directory is
+        created first (see start()); SIGINT/SIGTERM save the state reached and raise
+        TrainingInterrupted."""
+        if not (self._resumed or self._started):
+            self.start()
+        with self._signals():
+            try:
+                self._fit()
+            finally:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+        return self.state.history[-1] if self.state.history else {}
+
+    def _fit(self) -> None:
         self._save_samples()
         while self.state.epoch < self.cfg.train.epochs:
             start = time.perf_counter()
@@ -607,6 +772,22 @@ class Trainer:
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 )
             )
-        if self._writer is not None:
-            self._writer.close()
-        return self.state.history[-1] if self.state.history else {}
+            if self._stop_requested():
+                raise self._interrupt()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """section.key -> (old value, new value) for every key that differs."""
+    a, b = old.to_dict(), new.to_dict()
+    return {
+        f"{section}.{key}": (value, b[section][key])
+        for section, values in a.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if b[section][key] != value
+    }
