@@ -164,3 +164,19 @@ def test_jem_scores_on_a_known_density() -> None:
     result = ood_auroc(model, x_in, {"noise": x_out, "same": x_in.clone()})
     assert result["noise"]["log_px"] == 1.0 and result["noise"]["grad_norm"] == 1.0
     assert all(v == 0.5 for v in result["same"].values())  # identical sets: all ties
+
+
+def test_ood_auroc_leaves_out_scores_that_are_not_finite() -> None:
+    """A NaN image in one set makes that set's scores unrankable: they are left out, not
+    computed from the finite part and not reported as NaN; the other set is unaffected."""
+    g = torch.Generator().manual_seed(0)
+    model = GaussianMixture(torch.rand(3, 16, generator=g))
+    x_in = torch.rand(20, 1, 4, 4, generator=g)
+    broken = torch.rand(20, 1, 4, 4, generator=g)
+    broken[3] = float("nan")
+    result = ood_auroc(model, x_in, {"noise": torch.rand(20, 1, 4, 4, generator=g),
+                                     "broken": broken})  # fmt: skip
+    assert set(result["noise"]) == {"log_px", "max_softmax", "grad_norm"}
+    assert result["broken"] == {}
+    with pytest.raises(ValueError, match="NaN"):
+        auroc(torch.tensor([0.0, float("nan")]), torch.tensor([1.0]))

@@ -161,6 +161,22 @@ def test_buffer_selection_keeps_the_confident_fraction_per_class() -> None:
         G.buffer_samples_official(model, buf, ratio=0.0)
 
 
+def test_buffer_selection_refuses_non_finite_scores() -> None:
+    """Top-k over NaN confidences would pick arbitrary images under the name of a metric."""
+    torch.manual_seed(0)
+    model = _Toy(4, 3)
+    buf = torch.rand(20, 1, 2, 2) * 2 - 1
+    broken = buf.clone()
+    broken[5] = float("nan")
+    with pytest.raises(ValueError, match="1 of 20 replay-buffer images are not finite"):
+        G.buffer_samples_official(model, broken, ratio=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match="confidences on 20 of 20"):
+        G.buffer_samples_official(model, buf, ratio=0.5)
+
+
 # ---- fresh samples ---------------------------------------------------------------------------
 
 

@@ -173,6 +173,50 @@ def test_sample_cli_writes_grid_json_npz(ckpt: Path, tmp_path: Path) -> None:
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_nan_weights_report_what_can_be_computed(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint whose weights are NaN is evaluated, not crashed on: the metrics that need
+    finite outputs are absent with a note saying why (never 0, never NaN), the model-free
+    fid_digits of the real test split is still there, and the report opens with a warning."""
+    state = checkpoint.load(ckpt)
+    for value in state["model"].values():
+        if value.is_floating_point():
+            value.fill_(float("nan"))
+    broken = tmp_path / "nan.pt"
+    checkpoint.save(broken, {k: v for k, v in state.items() if k not in ("format", "version")})
+    out = tmp_path / "eval"
+    code = eval_cli.run(
+        [str(broken), "--out", str(out), "--limit", "16", "--attacks", "pgd5", "--gen-n", "8",
+         "--gen-steps", "1", "--no-sanity", *FAST]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "ebjdat-eval: warning: the checkpoint's weights are not finite" in err
+
+    def no_nan(constant: str) -> float:
+        raise AssertionError(f"report.json holds {constant}")
+
+    report = json.loads((out / "report.json").read_text(), parse_constant=no_nan)
+    assert report["weights_finite"] is False
+    assert report["warnings"][0].startswith("the checkpoint's weights are not finite")
+    for key in ("ood_auroc", "ood", "ece", "fid_digits", "buffer_fid_digits",
+                "energy_mean_clean", "energy_gap_clean_adv", "energy_gap_clean_gen"):  # fmt: skip
+        assert key not in report, key
+    assert report["clean_acc"] == 0.0 and report["pgd5_acc"] == 0.0  # NaN logits predict nothing
+    assert report["fid_digits_test_split"] > 0
+    notes = report["notes"]
+    assert any(
+        n.startswith("OOD AUROC not computable: the model's scores are not finite") for n in notes
+    )
+    for needle in ("ECE not computable", "fid_digits not computable", "buffer FID not computable",
+                   "energy histogram not drawn"):  # fmt: skip
+        assert any(needle in n for n in notes), needle
+    assert not (out / "energy_histogram.png").exists()
+    page = (out / "report.html").read_text()
+    assert page.index("weights are not finite") < page.index("id='metrics'")
+
+
 def _corrupt(tmp: Path) -> Path:
     path = tmp / "corrupt.pt"
     path.write_bytes(b"not a checkpoint at all")
@@ -191,7 +235,7 @@ def _cifar_ckpt(ckpt: Path, tmp: Path) -> Path:
     ("cli", "args", "message"),
     [
         ("eval", ["{tmp}/missing.pt"], "does not exist"),
-        ("eval", ["{corrupt}"], "corrupt or not an ebjdat checkpoint"),
+        ("eval", ["{corrupt}"], "corrupt"),
         ("eval", ["{ckpt}", "--attacks", "fgsm"], "unknown attack 'fgsm'"),
         ("eval", ["{ckpt}", "--limit", "0"], "--limit must be >= 1"),
         ("eval", ["{cifar}", "--data-root", "{tmp}/nodata"], "CIFAR-10 not found"),

@@ -151,6 +151,23 @@ def test_absent_metrics_are_absent(mlp: nn.Module) -> None:
         evaluate_robustness(mlp, x, y, eps=0.05, attacks=("fgsm",), n_classes=K)
 
 
+def test_non_finite_logits_count_as_wrong() -> None:
+    """argmax of a NaN row is class 0: without the rule, a broken model would score the share
+    of class 0 in the labels."""
+
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(x.shape[0], K)
+            logits[:, 0] = 1.0
+            logits[x[:, 0, 0, 0] > 0.5] = float("nan")
+            return logits
+
+    x = torch.zeros(8, 1, 8, 8)
+    x[1::2] = 1.0  # these four give NaN logits
+    y = torch.zeros(8, dtype=torch.long)
+    assert clean_accuracy(Broken(), x, y, batch_size=3) == 0.5
+
+
 def test_default_eps() -> None:
     assert default_eps("cifar10", "linf") == pytest.approx(8 / 255)
     assert default_eps("cifar100", "L2") == 0.5

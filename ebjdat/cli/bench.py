@@ -6,7 +6,8 @@ of one training iteration against a faithful reference of the official loop.
 
 prints one table line per (op, shape, dtype) as it finishes and, with --json, writes
 {"machine": {...}, "rows": [...]} (one row per implementation; see ebjdat.benchmarks.ops).
-Bad input (unknown device, CUDA without a GPU, ...) is a one-line error and exit status 2.
+Bad input (unknown device, CUDA without a GPU, a bad --set, an unwritable --json, ...) is a
+one-line error and exit status 2, found before anything is measured or written.
 """
 
 from __future__ import annotations
@@ -17,11 +18,22 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
 from ebjdat.cpu_allocator import tune_cpu_allocator
+
+from .common import (
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    check_backends,
+    check_output_dir,
+    check_range,
+    one_line,
+    report_error,
+)
 
 if TYPE_CHECKING:
     from ebjdat.benchmarks.ops import CaseResult
@@ -29,13 +41,14 @@ if TYPE_CHECKING:
 PROG = "ebjdat-bench"
 
 
-class UsageError(ValueError):
-    """Bad command-line input: reported in one line with exit status 2, never a traceback."""
+class CommandParser(Parser):
+    """The parser of a command (ops, step): its errors start with `ebjdat-bench: error:` like
+    every other error of this tool, and name the command."""
 
-
-def _fail(message: str) -> SystemExit:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return SystemExit(2)
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(PROG).strip()
+        print(f"{PROG}: error: {command}: {one_line(message)} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,15 +71,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _json_path(value: str | None) -> Path | None:
-    """Checked before the (long) run, so a typo does not throw the results away."""
+    """Checked before the (long) run, so a typo or a read-only place does not throw the results
+    away at the end."""
     if value is None:
         return None
     path = Path(value)
     if path.is_dir():
         raise UsageError(f"--json {value!r} is a directory; give a file name")
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"--json {value!r}: {parent} is not a directory")
+    check_output_dir("--json", path.parent)
     return path
 
 
@@ -145,14 +157,13 @@ def run_ops(args: argparse.Namespace) -> int:
     from ebjdat.benchmarks import machine_info
     from ebjdat.benchmarks import ops as bench_ops
 
-    if args.min_run_time is not None and not args.min_run_time > 0:
-        raise UsageError("--min-run-time must be > 0")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    check_range("--min-run-time", args.min_run_time, low=0.0, low_open=True)
+    check_range("--threads", args.threads, low=1)
     device = resolve_device(args.device)
+    check_backends(device)
     json_path = _json_path(args.json)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     compile_ = (not args.quick) if args.compile is None else args.compile
     impls = [impl for impl in bench_ops.IMPLS if impl != "compile" or compile_]
     min_run_time = (
@@ -224,15 +235,20 @@ def run_step(args: argparse.Namespace) -> int:
     from ebjdat.benchmarks import step as bench_step
 
     device = resolve_device(args.device)
+    check_backends(device)
     json_path = _json_path(args.json)
     if args.batch < 2:
-        raise UsageError("--batch must be >= 2 (the official sampler works in chunks of 2)")
+        raise UsageError(
+            f"--batch must be >= 2 (the official sampler works in chunks of 2), got {args.batch}"
+        )
+    check_range("--repeats", args.repeats, low=1)
     graphed = [v for v in args.variants if "cuda-graphs" in v]
     if graphed and device.type != "cuda":
         raise UsageError(f"--variants {' '.join(graphed)} needs --device cuda")
     models = ["wrn-10-1"] if args.quick else args.models
     batch = 4 if args.quick else args.batch
     repeats = 1 if args.quick else args.repeats
+    _check_step_configs(models, batch, args.set or [], args.variants)
     machine = machine_info(device)
     rates = {
         str(dt).removeprefix("torch."): bench_step.matmul_tflops(device, dt, quick=args.quick)
@@ -304,17 +320,50 @@ def run_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_step_configs(
+    models: Sequence[str], batch: int, sets: Sequence[str], variants: Sequence[str]
+) -> None:
+    """Builds every configuration the run will time (each model with each variant and every
+    --set), so a bad --models entry or --set fails before the first benchmark, not after one."""
+    from ebjdat.benchmarks import step as bench_step
+    from ebjdat.models.jem import parse_arch
+    from ebjdat.train.config import ConfigError
+
+    for model in models:
+        try:
+            parse_arch(model)
+        except ValueError as err:
+            raise UsageError(f"--models {model}: {one_line(err)}") from None
+    for assignment in sets:  # alone first, so the message names the --set at fault
+        try:
+            bench_step._config(models[0], batch, [assignment])
+        except ConfigError as err:
+            cause = one_line(err).removeprefix("--set: ")
+            raise UsageError(f"--set {assignment}: {cause}") from None
+    for model in models:
+        for variant in variants:
+            try:
+                bench_step._config(model, batch, [*sets, *bench_step.VARIANTS[variant]])
+            except ConfigError as err:
+                given = " ".join(f"--set {a}" for a in sets) or "the preset"
+                raise UsageError(
+                    f"{given}: the config of {model} ({variant}) is invalid: {one_line(err)}"
+                ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ebjdat.benchmarks import default_device
     from ebjdat.benchmarks import ops as bench_ops
     from ebjdat.benchmarks import step as bench_step
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Benchmark ebjdat's fused ops against the same math in eager PyTorch and "
         "under torch.compile.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
+    )
     ops_parser = commands.add_parser(
         "ops",
         help="time sgld_step, pgd_step (linf, l2) and energy_head (fwd+bwd)",
@@ -456,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as err:
-        raise _fail(str(err)) from None
+        raise SystemExit(report_error(PROG, err)) from None
 
 
 if __name__ == "__main__":

@@ -13,11 +13,18 @@ Evaluated on the TEST split of the checkpoint's dataset (the first --limit examp
 to cite. --protocol paper reproduces the official evaluation (eps applied in [-1, 1] units,
 test-time noise, reduced AutoAttack) and the report says so. A metric that was not run is absent
 from the report, never 0.
+
+A model whose weights or outputs are not finite is still evaluated: what can be computed is
+reported (a prediction from non-finite logits counts as wrong), every metric that cannot be is
+left out with a note saying why, the report opens with a warning, and the exit status is 0.
+Usage errors (bad flags, an unreadable checkpoint, an output directory that cannot be written)
+exit with status 2 and one line on stderr, before anything is computed or written.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import sys
 import time
@@ -29,13 +36,25 @@ import torch
 
 from ebjdat.cpu_allocator import tune_cpu_allocator
 
-from .common import EXIT_USAGE, UsageError, device_from
+from .common import (
+    EXIT_USAGE,
+    MAX_TORCH_SEED,
+    Parser,
+    UsageError,
+    check_backends,
+    check_range,
+    device_from,
+)
+from .common import report_error as error
 from .sample import (
     add_sampler_flags,
+    check_checkpoint_path,
+    check_sampler_flags,
     data_root,
-    error,
     image_shape,
     load_checkpoint,
+    non_finite_weights,
+    output_dir,
     replay_buffer,
     sample_with,
     sampler_settings,
@@ -45,10 +64,13 @@ from .sample import (
 
 _ATTACK = re.compile(r"^(pgd\d+|autoattack)$")
 PROG = "ebjdat-eval"
+# Each section seeds its own generator with seed * 1000 + offset (offsets 1..4).
+_SEED_STRIDE, _SEED_OFFSETS = 1000, 4
+MAX_SEED = (MAX_TORCH_SEED - _SEED_OFFSETS) // _SEED_STRIDE
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -128,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> list[str]:
+    """Every flag, before anything is loaded: a bad value fails here, not after an hour."""
     attacks = [a.lower() for a in args.attacks]
     if attacks == ["none"]:
         attacks = []
@@ -136,37 +159,52 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise UsageError(
             f"--attacks: unknown attack {bad[0]!r}; use pgdK (e.g. pgd20) or autoattack"
         )
-    if args.eps is not None and not args.eps > 0:
-        raise UsageError(f"--eps must be > 0, got {args.eps}")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    if args.gen_n < 2:
-        raise UsageError(f"--gen-n must be >= 2, got {args.gen_n}")
-    if args.gen_steps is not None and args.gen_steps < 0:
-        raise UsageError(f"--gen-steps must be >= 0, got {args.gen_steps}")
-    if not 0 < args.buffer_ratio <= 1:
-        raise UsageError(f"--buffer-ratio must lie in (0, 1], got {args.buffer_ratio}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    zero = [a for a in attacks if a.startswith("pgd") and int(a[3:]) < 1]
+    if zero:
+        raise UsageError(f"--attacks {zero[0]}: PGD needs at least 1 step (e.g. pgd20)")
+    if "autoattack" in attacks and importlib.util.find_spec("torchattacks") is None:
+        raise UsageError(
+            "--attacks autoattack needs torchattacks, which is not installed (pip install "
+            "--no-build-isolation -e '.[eval]'), or leave it out: --attacks pgd20"
+        )
+    # Pixel units: an L-inf ball of radius 1 already holds every image.
+    eps_max = 1.0 if args.norm == "linf" else None
+    check_range("--eps", args.eps, low=0.0, low_open=True, high=eps_max)
+    check_range("--limit", args.limit, low=1)
+    check_range("--gen-n", args.gen_n, low=2)
+    check_sampler_flags(args, prefix="gen_")
+    check_range("--buffer-ratio", args.buffer_ratio, low=0.0, low_open=True, high=1.0)
+    check_range("--seed", args.seed, low=0, high=MAX_SEED)
+    check_range("--batch-size", args.batch_size, low=1)
     return attacks
 
 
 class Evaluation:
     """One ebjdat-eval run: the model, its data and the report being filled in."""
 
-    def __init__(self, args: argparse.Namespace, attacks: list[str]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, attacks: list[str], device: torch.device, out: Path
+    ) -> None:
+        """Loads everything a section needs (checkpoint, test split, train split when sampling),
+        so that a missing file fails here, before the output directory is touched."""
         from ebjdat.data import dataset_info, load_split_tensors, to_float01
         from ebjdat.eval.robustness import default_eps
 
         self.args = args
         self.attacks = attacks
         self.progress = not args.no_progress
-        self.device = device_from(args.device)
+        self.device = device
         self.model, self.state, self.cfg = load_checkpoint(args.checkpoint, self.device)
         self.dataset = self.cfg.data.dataset
         self.root = data_root(self.cfg, args.data_root)
         size = (self.cfg.data.image_size or None) if self.dataset == "imagefolder" else None
         self.info = dataset_info(self.dataset, self.root, image_size=size)
+        need = 3 if args.protocol == "paper" else 4
+        if "autoattack" in attacks and self.info.num_classes < need:
+            raise UsageError(
+                f"--attacks autoattack needs at least {need} classes ({self.dataset} has "
+                f"{self.info.num_classes}); use pgdK"
+            )
         x, y = load_split_tensors(self.dataset, "test", self.root, self.cfg.data.download, size)
         self.x_test_full = x
         n = len(x) if args.limit is None else min(args.limit, len(x))
@@ -174,10 +212,12 @@ class Evaluation:
         self.eps_requested = (
             args.eps if args.eps is not None else default_eps(self.dataset, args.norm)
         )
-        self.out = Path(args.out) if args.out else _default_eval_dir(args.checkpoint)
+        self.out = out
         self.figures: dict[str, Path] = {}
         self.energies: dict[str, torch.Tensor] = {}
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
+        if not args.no_generation:
+            self.train_split()
         import ebjdat
 
         progress = self.state.get("progress") if isinstance(self.state, dict) else None
@@ -200,13 +240,21 @@ class Evaluation:
         }
         if self.report["epoch"] is None:
             del self.report["epoch"]
+        bad, total = non_finite_weights(self.model)
+        self.report["weights_finite"] = not bad
+        if bad:
+            self.report["warnings"].append(
+                f"the checkpoint's weights are not finite: {len(bad)} of {total} tensors hold "
+                f"NaN or Inf (first: {bad[0]}); the model's outputs are not usable, and every "
+                "metric that depends on finite outputs is marked not computable"
+            )
 
     # ---- helpers ----------------------------------------------------------------------------
 
     def generator(self, offset: int) -> torch.Generator:
         """A fresh generator per section, so a section's numbers do not depend on which other
         sections ran."""
-        return torch.Generator(self.device).manual_seed(self.args.seed * 1000 + offset)
+        return torch.Generator(self.device).manual_seed(self.args.seed * _SEED_STRIDE + offset)
 
     def train_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._train is None:
@@ -284,6 +332,18 @@ class Evaluation:
                     for i in self.batches(len(self.x), "calibration")
                 ]
             )
+        bad = int((~torch.isfinite(probs).all(dim=1)).sum())
+        if bad:
+            if self.report["weights_finite"]:
+                self.report["warnings"].append(
+                    f"{bad} of {len(probs)} test images give non-finite logits: they count as "
+                    "misclassified in every accuracy"
+                )
+            self.report["notes"].append(
+                f"ECE not computable: {bad} of {len(probs)} predicted probability vectors are "
+                "not finite (no reliability diagram)"
+            )
+            return
         self.report["ece"] = expected_calibration_error(probs, self.y)
         path = self.out / "reliability.png"
         reliability_diagram(probs, self.y, path, title=f"{self.dataset} test")
@@ -299,13 +359,26 @@ class Evaluation:
         if not sets:
             self.report["notes"].append("no OOD sets available: OOD AUROC not computed")
             return
+        from ebjdat.eval.ood import SCORES
+
         result = ood_auroc(self.model, self.x, sets, batch_size=self.args.batch_size)
-        self.report["ood"] = result
-        self.report["ood_auroc"] = sum(r["log_px"] for r in result.values()) / len(result)
+        for score in SCORES:
+            lost = [name for name, r in result.items() if score not in r]
+            if lost:
+                where = f"all {len(lost)} sets" if len(lost) == len(result) else ", ".join(lost)
+                what = "OOD AUROC" if score == "log_px" else f"OOD AUROC of {score}"
+                self.report["notes"].append(
+                    f"{what} not computable: the model's scores are not finite ({score} on "
+                    f"{where})"
+                )
         self.report["settings"]["ood"] = {
             "sets": sorted(sets),
             "summary": "ood_auroc = AUROC of log p(x) averaged over the sets",
         }
+        if any(result.values()):
+            self.report["ood"] = {name: r for name, r in result.items() if r}
+        if all("log_px" in r for r in result.values()):
+            self.report["ood_auroc"] = sum(r["log_px"] for r in result.values()) / len(result)
 
     def generation(self) -> None:
         from ebjdat.eval.generation import grid_rows
@@ -333,13 +406,21 @@ class Evaluation:
             "sampling_time_s": round(time.perf_counter() - start, 2),
         }
         self.report["n_generated"] = int(len(x_gen))
-        shown = x_gen[: min(len(x_gen), 100)]
+        bad = int((~torch.isfinite(x_gen.flatten(1)).all(dim=1)).sum())
+        if bad:
+            self.report["n_generated_non_finite"] = bad
+            self.report["notes"].append(
+                f"{bad} of {len(x_gen)} fresh samples are not finite (drawn black in the grid)"
+            )
+        shown = torch.nan_to_num(x_gen[: min(len(x_gen), 100)], nan=0.0)
         nrow = k if labels is not None and k <= 20 else grid_rows(len(shown))
         self.figures["samples"] = save_grid(shown, self.out / "samples.png", nrow)
         self.energies["generated"] = self.energy_of(x_gen, "energies (generated)")
-        self._generation_metrics(x_gen)
+        self._generation_metrics(x_gen, bad)
 
-    def _generation_metrics(self, x_gen: torch.Tensor) -> None:
+    def _generation_metrics(self, x_gen: torch.Tensor, bad: int) -> None:
+        """The sample metrics; those of non-finite samples are noted as not computable, while
+        the ones that do not depend on the model (the real test split's distance) still run."""
         from ebjdat.data import to_float01
         from ebjdat.eval.generation import (
             InceptionUnavailable,
@@ -359,17 +440,25 @@ class Evaluation:
                 "computed"
             )
         else:
-            x_buf = buffer_samples_official(
-                self.model, buf.to(self.device), self.args.buffer_ratio, self.args.batch_size
-            )
-            self.report["n_buffer_selected"] = int(len(x_buf))
-            shown = x_buf[: min(len(x_buf), 100)]
-            self.figures["buffer_samples"] = save_grid(
-                shown, self.out / "buffer_samples.png", grid_rows(len(shown))
-            )
+            try:
+                x_buf = buffer_samples_official(
+                    self.model, buf.to(self.device), self.args.buffer_ratio, self.args.batch_size
+                )
+            except ValueError as err:
+                self.report["notes"].append(f"buffer FID not computable: {err}")
+            else:
+                self.report["n_buffer_selected"] = int(len(x_buf))
+                shown = x_buf[: min(len(x_buf), 100)]
+                self.figures["buffer_samples"] = save_grid(
+                    shown, self.out / "buffer_samples.png", grid_rows(len(shown))
+                )
         ref = f"{self.dataset} train split ({len(x_train)} images)"
+        not_finite = f"{bad} of {len(x_gen)} fresh samples are not finite"
         if self.dataset == "digits":
-            self.report["fid_digits"] = fid_digits(x_gen, x_train)
+            if bad:
+                self.report["notes"].append(f"fid_digits not computable: {not_finite}")
+            else:
+                self.report["fid_digits"] = fid_digits(x_gen, x_train)
             self.report["fid_digits_test_split"] = fid_digits(to_float01(self.x_test_full), x_train)
             if x_buf is not None and len(x_buf) >= 2:
                 self.report["buffer_fid_digits"] = fid_digits(x_buf, x_train)
@@ -378,7 +467,7 @@ class Evaluation:
                 "features": "64-d penultimate layer of a small CNN trained deterministically "
                 "on the digits train split (not Inception)",
             }
-            if len(x_gen) < 200:
+            if len(x_gen) < 200 and not bad:
                 self.report["warnings"].append(
                     f"fid_digits from only {len(x_gen)} samples is biased upward; use "
                     "--gen-n 1000 for numbers to compare"
@@ -389,11 +478,14 @@ class Evaluation:
         except InceptionUnavailable as err:
             self.report["notes"].append(str(err))
             return
-        self.report.update(
-            inception_metrics(
-                x_gen, x_train, device=self.device, extractor=net, progress=self.progress
+        if bad:
+            self.report["notes"].append(f"FID, IS and KID not computable: {not_finite}")
+        else:
+            self.report.update(
+                inception_metrics(
+                    x_gen, x_train, device=self.device, extractor=net, progress=self.progress
+                )
             )
-        )
         if x_buf is not None:
             b = inception_metrics(
                 x_buf, x_train, kid=False, device=self.device, extractor=net, progress=self.progress
@@ -431,9 +523,33 @@ class Evaluation:
                 ).cpu()
             )
         self.energies["adversarial"] = self.energy_of(torch.cat(adv), "energies (adversarial)")
-        order = {
-            k: self.energies[k] for k in ("clean", "adversarial", "generated") if k in self.energies
+        order = {}
+        for k in ("clean", "adversarial", "generated"):
+            if k not in self.energies:
+                continue
+            e = self.energies[k]
+            bad = int((~torch.isfinite(e)).sum())
+            if bad == len(e):
+                self.report["notes"].append(
+                    f"energies of the {k} set not computable: none of its {len(e)} energies is "
+                    "finite"
+                )
+                continue
+            if bad:
+                self.report["notes"].append(
+                    f"{bad} of {len(e)} {k} energies are not finite: left out of the histogram, "
+                    "the means and the gaps"
+                )
+            order[k] = e
+        self.report["settings"]["energy"] = {
+            "energy": "E(x) = -logsumexp_y f(x)[y] on [0,1] images, no test-time noise",
+            "adversarial": f"untargeted PGD-{steps} on CE, {self.args.norm} eps={eps:.6g} "
+            f"(pixel units), step {step:.4g}, random start, all test examples",
+            "generated": "the fresh SGLD samples of the generation section",
         }
+        if not order:
+            self.report["notes"].append("energy histogram not drawn: no energy is finite")
+            return
         self.report.update(energy_gaps(order))
         title = f"Energy landscape: {self.cfg.preset} on {self.dataset} (test split)"
         labels = {
@@ -446,12 +562,6 @@ class Evaluation:
         self.figures["energy"] = energy_histogram(
             self.out / "energy_histogram.png", order, title, labels=labels
         )
-        self.report["settings"]["energy"] = {
-            "energy": "E(x) = -logsumexp_y f(x)[y] on [0,1] images, no test-time noise",
-            "adversarial": f"untargeted PGD-{steps} on CE, {self.args.norm} eps={eps:.6g} "
-            f"(pixel units), step {step:.4g}, random start, all test examples",
-            "generated": "the fresh SGLD samples of the generation section",
-        }
 
     def run(self) -> tuple[Path, Path]:
         from ebjdat.eval.report import write_report
@@ -473,12 +583,6 @@ class Evaluation:
         return write_report(self.out, self.report, self.figures)
 
 
-def _default_eval_dir(ckpt: str) -> Path:
-    from .sample import default_out
-
-    return default_out(ckpt, "eval")
-
-
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ebjdat.data import DatasetNotFoundError
@@ -487,7 +591,11 @@ def run(argv: list[str] | None = None) -> int:
 
     try:
         attacks = _check_args(args)
-        evaluation = Evaluation(args, attacks)
+        device = device_from(args.device)
+        check_backends(device)
+        check_checkpoint_path(args.checkpoint)
+        out = output_dir(args, "eval")
+        evaluation = Evaluation(args, attacks, device, out)
         json_path, html_path = evaluation.run()
     except (UsageError, CheckpointError, DatasetNotFoundError, ConfigError) as err:
         return error(PROG, err)

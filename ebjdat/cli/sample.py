@@ -21,7 +21,18 @@ import torch
 from ebjdat import ops
 from ebjdat.cpu_allocator import tune_cpu_allocator
 
-from .common import EXIT_USAGE, UsageError, device_from
+from .common import (
+    MAX_TORCH_SEED,
+    Parser,
+    UsageError,
+    check_backends,
+    check_output_dir,
+    check_range,
+    device_from,
+    report_error,
+)
+
+PROG = "ebjdat-sample"
 
 FROM_CONFIG: Any = object()  # "flag not given": take the value from the checkpoint's config
 
@@ -39,26 +50,83 @@ def optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def check_checkpoint_path(path: str | Path) -> None:
+    """CKPT must name a checkpoint file: checked before anything is loaded or created."""
+    from ebjdat.train.checkpoint import CheckpointError
+
+    p = Path(path)
+    if p.is_dir():
+        hint = next(
+            (c for c in (p / "checkpoints" / "last.pt", p / "last.pt") if c.is_file()), None
+        )
+        tail = f"; did you mean {hint}?" if hint is not None else ""
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file{tail}")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+
+
+def config_of(state: dict[str, Any], path: str | Path) -> Any:
+    """The checkpoint's training Config, validated, or a CheckpointError naming the problem."""
+    from ebjdat.train.checkpoint import CheckpointError
+    from ebjdat.train.config import ConfigError, from_dict
+
+    tree = state.get("config")
+    if tree is None:
+        raise CheckpointError(f"checkpoint {path} holds no config")
+    if not isinstance(tree, dict):
+        raise CheckpointError(
+            f"checkpoint {path}: its config is a {type(tree).__name__}, not a table"
+        )
+    try:
+        return from_dict(tree).validate()
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} has no usable config ({first})") from None
+
+
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[Any, dict[str, Any], Any]:
     """(model in eval mode, raw checkpoint state, Config); CheckpointError for anything that is
     not a readable ebjdat checkpoint, so the CLIs can answer with one line."""
-    import ebjdat
+    from ebjdat.models.loading import model_from_state
     from ebjdat.train.checkpoint import CheckpointError, load
-    from ebjdat.train.config import ConfigError, from_dict
 
-    state = load(path)
+    check_checkpoint_path(path)
     try:
-        cfg = from_dict(state["config"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise CheckpointError(f"checkpoint {path} has no usable config ({err})") from None
-    try:
-        model = ebjdat.load_model(str(path), device=str(device))
-    except CheckpointError:
-        raise
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} holds no loadable model ({first})") from None
+        state = load(path, map_location="cpu")
+    except OSError as err:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({err.strerror or type(err).__name__})"
+        ) from None
+    cfg = config_of(state, path)
+    model = model_from_state(state, str(path)).to(device).eval()
     return model, state, cfg
+
+
+def non_finite_weights(model: torch.nn.Module) -> tuple[list[str], int]:
+    """(names of the parameters and buffers holding NaN or Inf, number of floating tensors)."""
+    floats = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    return [k for k, v in floats.items() if not bool(torch.isfinite(v).all())], len(floats)
+
+
+def check_sampler_flags(args: argparse.Namespace, prefix: str = "") -> None:
+    """The SGLD flags of add_sampler_flags, checked before anything is loaded."""
+
+    def check(name: str, **limits: Any) -> None:
+        value = getattr(args, prefix + name)
+        if value is not FROM_CONFIG:
+            check_range(f"--{prefix}{name}".replace("_", "-"), value, **limits)
+
+    check("steps", low=0)
+    check("step_size", low=0.0)
+    check("noise_std", low=0.0)
+    check("grad_clip", low=0.0, low_open=True)
+
+
+def output_dir(args: argparse.Namespace, name: str) -> Path:
+    """--out (or RUN/<name> next to the checkpoint), checked to be writable before any work."""
+    out = Path(args.out) if args.out else default_out(args.checkpoint, name)
+    check_output_dir("--out" if args.out else "--out (default)", out)
+    return out
 
 
 def default_out(ckpt: str | Path, name: str) -> Path:
@@ -214,18 +282,12 @@ def save_grid(x01: torch.Tensor, path: Path, nrow: int) -> Path:
     return path
 
 
-def error(prog: str, err: BaseException) -> int:
-    message = " ".join(str(err).split()) or type(err).__name__
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 # ---- the command ---------------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ebjdat-sample",
+    p = Parser(
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -262,83 +324,118 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    check_range("--n", args.n, low=1)
+    check_sampler_flags(args)
+    check_range("--seed", args.seed, low=0, high=MAX_TORCH_SEED)
+    check_range("--batch-size", args.batch_size, low=1)
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ebjdat.data import DatasetNotFoundError
     from ebjdat.train.checkpoint import CheckpointError
 
-    prog = "ebjdat-sample"
     try:
-        if args.n < 1:
-            raise UsageError(f"--n must be >= 1, got {args.n}")
-        if args.steps is not None and args.steps < 0:
-            raise UsageError(f"--steps must be >= 0, got {args.steps}")
-        if args.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        _check_args(args)
         device = device_from(args.device)
+        check_backends(device)
+        check_checkpoint_path(args.checkpoint)
+        out = output_dir(args, "fresh_samples")
         model, state, cfg = load_checkpoint(args.checkpoint, device)
-        out = Path(args.out) if args.out else default_out(args.checkpoint, "fresh_samples")
         settings = sampler_settings(cfg, args)
         root = data_root(cfg, args.data_root)
         gaussians = (
             fit_gaussians(cfg, root, model.num_classes) if settings["start"] == "class" else None
         )
         shape = None if gaussians is not None else image_shape(state, cfg, root)
-        generator = torch.Generator(device).manual_seed(args.seed)
-        start = time.perf_counter()
-        x, labels = sample_with(
-            model, args.n, settings, gaussians=gaussians, shape=shape, generator=generator,
-            batch_size=args.batch_size, progress=not args.no_progress,
-        )
-        elapsed = time.perf_counter() - start
-        with torch.no_grad():
-            xs = x.to(device)
-            logits = torch.cat([model(xs[i : i + 500]) for i in range(0, len(xs), 500)])
-            energy = ops.energy_head(logits).energy.cpu()
-            pred = logits.argmax(dim=1).cpu()
-        nrow = (
-            model.num_classes
-            if labels is not None and model.num_classes <= 20
-            else max(1, math.ceil(math.sqrt(args.n)))
-        )
-        files = {"grid": str(save_grid(x, out / "samples.png", nrow))}
-        if args.npz:
-            import numpy as np
-
-            np.savez_compressed(
-                out / "samples.npz",
-                samples=x.numpy().astype(np.float32),
-                start_labels=(labels if labels is not None else torch.full((args.n,), -1)).numpy(),
-                predicted=pred.numpy(),
-                energy=energy.numpy(),
-            )
-            files["npz"] = str(out / "samples.npz")
-        record = {
-            "checkpoint": str(args.checkpoint),
-            "dataset": cfg.data.dataset,
-            "preset": cfg.preset,
-            "n": args.n,
-            **settings,
-            "seed": args.seed,
-            "device": str(device),
-            "batch_size": args.batch_size,
-            "grid_columns": nrow,
-            "grid_layout": "one class per column"
-            if nrow == model.num_classes and labels is not None
-            else "row-major",
-            "time_s": round(elapsed, 3),
-            "energy_mean": float(energy.mean()),
-            "predicted_class_counts": torch.bincount(pred, minlength=model.num_classes).tolist(),
-            "files": files,
-        }
-        (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.n} samples to {out} ({elapsed:.1f} s of SGLD)")
-        return 0
-    except (UsageError, CheckpointError, DatasetNotFoundError, ValueError) as err:
-        return error(prog, err)
+    except (UsageError, CheckpointError, DatasetNotFoundError) as err:
+        return report_error(PROG, err)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    try:
+        _sample(args, model, state, cfg, settings, gaussians, shape, device, out)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _sample(
+    args: argparse.Namespace,
+    model: Any,
+    state: dict[str, Any],
+    cfg: Any,
+    settings: dict[str, Any],
+    gaussians: Any,
+    shape: tuple[int, ...] | None,
+    device: torch.device,
+    out: Path,
+) -> None:
+    generator = torch.Generator(device).manual_seed(args.seed)
+    start = time.perf_counter()
+    x, labels = sample_with(
+        model, args.n, settings, gaussians=gaussians, shape=shape, generator=generator,
+        batch_size=args.batch_size, progress=not args.no_progress,
+    )
+    elapsed = time.perf_counter() - start
+    with torch.no_grad():
+        xs = x.to(device)
+        logits = torch.cat([model(xs[i : i + 500]) for i in range(0, len(xs), 500)])
+        energy = ops.energy_head(logits).energy.cpu()
+        pred = logits.argmax(dim=1).cpu()
+    nrow = (
+        model.num_classes
+        if labels is not None and model.num_classes <= 20
+        else max(1, math.ceil(math.sqrt(args.n)))
+    )
+    files = {"grid": str(save_grid(x, out / "samples.png", nrow))}
+    if args.npz:
+        import numpy as np
+
+        np.savez_compressed(
+            out / "samples.npz",
+            samples=x.numpy().astype(np.float32),
+            start_labels=(labels if labels is not None else torch.full((args.n,), -1)).numpy(),
+            predicted=pred.numpy(),
+            energy=energy.numpy(),
+        )
+        files["npz"] = str(out / "samples.npz")
+    finite = torch.isfinite(energy)
+    bad, _ = non_finite_weights(model)
+    warnings = []
+    if bad:
+        warnings.append(f"the checkpoint's weights are not finite ({bad[0]} and others)")
+    if not bool(finite.all()):
+        warnings.append(
+            f"{int((~finite).sum())} of {len(energy)} samples have a non-finite energy; "
+            "energy_mean is over the finite ones"
+        )
+    record = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": cfg.data.dataset,
+        "preset": cfg.preset,
+        "n": args.n,
+        **settings,
+        "seed": args.seed,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "grid_columns": nrow,
+        "grid_layout": "one class per column"
+        if nrow == model.num_classes and labels is not None
+        else "row-major",
+        "time_s": round(elapsed, 3),
+        "predicted_class_counts": torch.bincount(pred, minlength=model.num_classes).tolist(),
+        "files": files,
+        "warnings": warnings,
+    }
+    if bool(finite.any()):
+        record["energy_mean"] = float(energy[finite].mean())
+    (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.n} samples to {out} ({elapsed:.1f} s of SGLD)")
+    for w in warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
 
 
 def main() -> None:

@@ -457,6 +457,8 @@ def buffer_samples_official(
     Every replay-buffer image is classified; per predicted class the int(count * ratio) most
     confident (max softmax) are kept. These are training-time chain states selected by the model
     itself, not fresh samples: report their FID under a name that says so (`buffer_fid...`).
+    ValueError when the buffer or the model's confidences on it are not finite (the ranking
+    would be arbitrary) or when the selection comes out empty.
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must lie in (0, 1], got {ratio}")
@@ -466,6 +468,9 @@ def buffer_samples_official(
         )
     device = next(model.parameters()).device
     buf = buffer_internal.detach().float()
+    broken = int((~torch.isfinite(buf.flatten(1)).all(dim=1)).sum())
+    if broken:
+        raise ValueError(f"{broken} of {len(buf)} replay-buffer images are not finite")
     conf, pred = [], []
     was_training = model.training
     model.eval()
@@ -478,6 +483,12 @@ def buffer_samples_official(
     finally:
         model.train(was_training)
     conf_t, pred_t = torch.cat(conf), torch.cat(pred)
+    if not bool(torch.isfinite(conf_t).all()):
+        bad = int((~torch.isfinite(conf_t)).sum())
+        raise ValueError(
+            f"the model's confidences on {bad} of {len(conf_t)} replay-buffer images are not "
+            "finite, so the selection would be arbitrary"
+        )
     keep = []
     for k in pred_t.unique().tolist():
         idx = torch.nonzero(pred_t == k).squeeze(1)

@@ -193,10 +193,20 @@ def ood_auroc(
     batch_size: int = 500,
 ) -> dict[str, dict[str, float]]:
     """AUROC of every JEM score for in-distribution x_in against each OOD set:
-    result[set_name][score_name]."""
+    result[set_name][score_name].
+
+    A score that is not finite for every image of x_in or of the set (a model with NaN weights,
+    overflowing logits) has no meaningful ranking: its entry is left out rather than computed
+    from the finite part, so result[set_name] may lack some (or all) scores.
+    """
     s_in = ood_scores(model, x_in, batch_size=batch_size)
+    finite_in = {k: bool(torch.isfinite(v).all()) for k, v in s_in.items()}
     result: dict[str, dict[str, float]] = {}
     for set_name, x_out in sets.items():
         s_out = ood_scores(model, x_out, batch_size=batch_size)
-        result[set_name] = {k: auroc(s_in[k], s_out[k]) for k in SCORES}
+        result[set_name] = {
+            k: auroc(s_in[k], s_out[k])
+            for k in SCORES
+            if finite_in[k] and bool(torch.isfinite(s_out[k]).all())
+        }
     return result

@@ -11,7 +11,8 @@ Two protocols (method.md §6):
   and a reduced AutoAttack. The report says it is not a standard evaluation.
 
 Robust accuracy follows AutoAttack's convention: a sample counts as robust when it is classified
-correctly clean *and* after the attack, so robust accuracy can never exceed clean accuracy.
+correctly clean *and* after the attack, so robust accuracy can never exceed clean accuracy. A
+prediction from logits that are not all finite counts as wrong.
 
 Test-time noise ("paper") is drawn once per image per evaluation pass, as the official data
 loader does (the noise is part of the loaded image); the attack then sees a deterministic model
@@ -119,9 +120,15 @@ def _load_batch(
     return _noisy(xb, input_noise, generator), y[sl].to(device).long()
 
 
+def _hits(logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """Correct predictions; a row of logits holding NaN or Inf predicts nothing, so it is wrong
+    (argmax would silently pick a class for it)."""
+    return (logits.argmax(dim=1) == yb) & torch.isfinite(logits).all(dim=1)
+
+
 @torch.no_grad()
 def _correct(model01: Model01, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    return model01(xb).argmax(dim=1) == yb
+    return _hits(model01(xb), yb)
 
 
 # ---- clean and PGD accuracy ------------------------------------------------------------------
@@ -311,7 +318,7 @@ def autoattack_accuracy(
                 logits = module(xb)
             if logits.shape[1] != n_classes:
                 raise ValueError(f"model gives {logits.shape[1]} logits, n_classes={n_classes}")
-            ok = logits.argmax(dim=1) == yb
+            ok = _hits(logits, yb)
             adv = atk(xb, yb)
             robust += int((ok & _correct(module, adv, yb)).sum())
     return robust / x.shape[0]
