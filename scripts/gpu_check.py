@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The GPU check (docs/design.md): one command, run on a machine with a CUDA GPU, that
+"""The GPU check: one command, run on a machine with a CUDA GPU, that
 
   1. rebuilds ebjdat._C for that GPU (pip install --no-build-isolation --no-deps -e . with
      EBJDAT_BUILD_CUDA=1, CUDA_HOME found, TORCH_CUDA_ARCH_LIST from the GPU's capability);

@@ -1,5 +1,6 @@
 """Test setup. TRITON_INTERPRET must be set before triton is imported, so that the Triton
-kernels run on CPU tensors (environment.md); ebjdat is imported only after."""
+kernels run on CPU tensors (set any later, kernel launches fail with "0 active drivers");
+ebjdat is imported only after."""
 
 from __future__ import annotations
 

@@ -75,6 +75,10 @@ def check_misuse(
     assert message.lower() in lines[0].lower(), f"{message!r} not in {lines[0]!r}"
     after = {str(root): tree_state(root) for root in watch}
     assert after == before, "a failed command changed files it was not asked to create"
+    log = os.environ.get("EBJDAT_MISUSE_LOG")  # a table of every case, for reports
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{prog} {' '.join(argv)}\t{code}\t{lines[0]}\n")
     return lines[0]
 
 

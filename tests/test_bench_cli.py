@@ -168,7 +168,9 @@ def test_gpu_check_cpu_path(tmp_path: Path) -> None:
 
 
 def test_step_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`ebjdat-bench step --quick` runs both implementations and writes the design.md rows."""
+    """`ebjdat-bench step --quick` runs both implementations and writes one JSON row per
+    implementation and variant (`impl`, `model`, `batch`, `median_s`, `phases`) and a machine
+    record."""
     out = tmp_path / "step.json"
     assert main(["step", "--quick", "--variants", "default", "bf16", "--json", str(out)]) == 0
     data = json.loads(out.read_text())

@@ -129,6 +129,10 @@ CASES = [
     case("existing-run-no-flag", "run", [*R, "--epochs", "1"], "--resume to continue it"),
     case("existing-user-dir-no-flag", "user-dir", [*R, "--epochs", "1"], "--overwrite to replace"),
     case("out-is-a-file", "file", [*R, "--epochs", "1"], "exists and is not a directory"),
+    case("out-is-cwd", "none", ["--out", ".", "--epochs", "1"], "is the current directory"),
+    case("new-run-missing-data", "none",
+         ["--out", "{tmp}/a/b/run", "--dataset", "svhn", "--data-root", "{tmp}/empty"],
+         "SVHN not found"),
     # Config values: a range for every key, checked before anything is built.
     case("lr-nan", "none", [*R, "--set", "optim.lr=nan"], "optim.lr must be a finite number"),
     case("augment-pad-negative", "none", [*R, "--set", "data.augment_pad=-1"],

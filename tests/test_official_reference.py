@@ -8,7 +8,7 @@ What differs is only the optimisation itself, and that is exact here:
   and sampleXadv's separate f(x~, y) forward repeats the perception loss's f.classify(x~) (the
   two graphs of x~ back-propagate to the sum of their gradients);
 - PYLD's 10 x 5 x 0.2 inner steps equal 10 clipped steps of size 1 because conv1 is linear
-  (method.md §2);
+  (see docs/method-notes.md, 'PYLD equals clipped SGLD');
 - the second f(x_p_d) forward repeats the first's output (train-mode BN uses batch statistics)
   and only moves running statistics after they were read.
 Everything runs in float64, so the tolerance is rounding only."""

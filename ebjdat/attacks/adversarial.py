@@ -1,4 +1,5 @@
-"""The EB-JDAT adversarial sampler used in training (official `sampleXadv`, method.md 1.5, 3, 7).
+"""The EB-JDAT adversarial sampler used in training (the official `sampleXadv`; see
+docs/method-notes.md, 'The official adversarial sampler').
 
 Works on internal [-1, 1] images. Per step it ascends
 

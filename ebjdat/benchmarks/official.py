@@ -1,5 +1,7 @@
 """A faithful eager re-implementation of one official EB-JDAT-JEM++ training iteration
-(train_jempp.py + sampleXadv, method.md §1.5, §1.6, §2), for comparison only: never used to train.
+(train_jempp.py + sampleXadv), for comparison only: never used to train. docs/method-notes.md
+describes it in 'One official training iteration', 'The official adversarial sampler' and
+'PYLD equals clipped SGLD'.
 
 It keeps every cost the official loop pays:
 - f(x_p_d) is forwarded before sampling and again for the alignment term;
@@ -35,7 +37,8 @@ def _no_timer(name: str) -> Iterator[None]:
 
 @dataclass
 class OfficialSettings:
-    """train.sh values of the JEM++ variant (method.md §4); eps and alpha in [-1, 1] units."""
+    """train.sh values of the JEM++ variant (docs/method-notes.md, 'The official
+    hyperparameters'); eps and alpha in [-1, 1] units."""
 
     n_steps: int = 10
     in_steps: int = 5

@@ -166,7 +166,7 @@ def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - Confi
     """The run's config from its last checkpoint, with the safe changes the flags ask for."""
     from ebjdat.files import unwritable_reason
     from ebjdat.train import checkpoint
-    from ebjdat.train.config import ConfigError, apply, from_dict, override
+    from ebjdat.train.config import apply, override
 
     last = out / "checkpoints" / "last.pt"
     if not last.is_file():
@@ -175,13 +175,7 @@ def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - Confi
         reason = unwritable_reason(place)
         if reason is not None:
             raise UsageError(f"--resume: {reason}")
-    state = checkpoint.check_training_state(checkpoint.load(last), last)
-    try:
-        cfg = from_dict(state["config"]).validate()
-    except ConfigError as err:
-        raise checkpoint.CheckpointError(
-            f"checkpoint {last} has an unusable config ({err})"
-        ) from None
+    _, cfg = checkpoint.load_training(last)
     for section, values in _flag_values(args).items():
         apply(cfg, {section: values}, source="flags")
     for assignment in args.set:
@@ -227,7 +221,7 @@ def _teardown(distributed) -> None:  # noqa: ANN001
         import torch.distributed as dist
 
         gc.collect()
-        dist.barrier()  # environment.md: this order avoids the gloo teardown abort
+        dist.barrier()  # gc, barrier, then destroy: avoids gloo's intermittent abort at exit
         dist.destroy_process_group()
 
 

@@ -1,8 +1,9 @@
 """The paper's Fig. 2: where clean, adversarial and generated samples sit on the energy axis.
 
-EB-JDAT's premise (method.md §1.1) is that adversarial training closes the clean <-> adversarial
-energy gap, JEM training closes the clean <-> generated gap, and a model that aligns all three
-is accurate, robust and generative at once. `energy_histogram` draws the three E(x)
+EB-JDAT's premise (the paper's energy-landscape analysis, Fig. 2 and Tab. 1) is that
+adversarial training closes the clean <-> adversarial energy gap, JEM training closes the
+clean <-> generated gap, and a model that aligns all three is accurate, robust and generative
+at once. `energy_histogram` draws the three E(x)
 distributions on shared bins; `energy_gaps` gives the mean gaps for the report.
 
 Gaps are signed: energy_gap_clean_adv = mean E(adversarial) - mean E(clean). Positive means the

@@ -4,10 +4,10 @@
 Why several: Inception FID is the number papers cite, but its weights may be unavailable offline
 and it means little on 8x8 digits. `fid_digits` is the same Fréchet distance in the feature space
 of a small digits classifier that the package trains deterministically and caches; it is always
-reported under its own name, never as "fid". The official evaluation (method.md §6) scores the
-most confident 90% of the training replay buffer rather than fresh samples;
-`buffer_samples_official` reproduces that selection so it can be reported, labelled, next to the
-fresh-sample numbers.
+reported under its own name, never as "fid". The official evaluation (see docs/method-notes.md,
+'The official evaluation') scores the most confident 90% of the training replay buffer rather
+than fresh samples; `buffer_samples_official` reproduces that selection so it can be reported,
+labelled, next to the fresh-sample numbers.
 """
 
 from __future__ import annotations
@@ -452,7 +452,7 @@ def inception_metrics(
 def buffer_samples_official(
     model: JEM, buffer_internal: torch.Tensor, ratio: float = 0.9, batch_size: int = 500
 ) -> torch.Tensor:
-    """The images the official `--eval fid` scores (method.md §6), as [0, 1] CPU images.
+    """The images the official `--eval fid` scores, as [0, 1] CPU images.
 
     Every replay-buffer image is classified; per predicted class the int(count * ratio) most
     confident (max softmax) are kept. These are training-time chain states selected by the model

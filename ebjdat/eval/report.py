@@ -63,7 +63,7 @@ _SECTIONS: list[tuple[str, list[Row]]] = [
                 "buffer_fid",
                 "Buffer FID (official variant)",
                 "num",
-                "most confident replay-buffer images (method.md §6), not fresh samples",
+                "most confident replay-buffer images (the official protocol), not fresh samples",
             ),
             (
                 "buffer_inception_score",

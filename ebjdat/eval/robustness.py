@@ -1,6 +1,6 @@
 """Accuracy and adversarial robustness of [0, 1]-input classifiers (`ebjdat.load_classifier`).
 
-Two protocols (method.md §6):
+Two protocols (see docs/method-notes.md, 'The official evaluation'):
 
 - "standard": eps in [0, 1] pixel units as requested, no test-time noise, PGD-k with step
   2.5·eps/k, and torchattacks' AutoAttack "standard" applied unmodified. These are the numbers

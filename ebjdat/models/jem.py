@@ -4,8 +4,8 @@ Public inputs are images in [0, 1]. JEM trains on Normalize(0.5, 0.5) images in 
 place that converts between the two is `JEM.to_internal` / `JEM.from_internal`. Samplers work in
 the internal units and call `logits_internal` directly.
 
-Energies (method.md §1.2): E(x) = -logsumexp_y f(x)[y], E(x, y) = -f(x)[y], computed by the fused
-`ebjdat.ops.energy_head`.
+Energies (the JEM convention): E(x) = -logsumexp_y f(x)[y], E(x, y) = -f(x)[y], computed by the
+fused `ebjdat.ops.energy_head`.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ given) through the fused `ebjdat.ops.sgld_step_`:
     z <- clamp(z + step_size * clip(grad, +-grad_clip) + noise_std * N(0, 1), *clamp)
 
 JEM++'s PYLD/YOPO sampler is not implemented separately: with conv1 linear, its 5 inner steps of
-0.2 * clip(dH/dx) equal one step of 1.0 * clip(d LSE/dx) (method.md section 2), so the presets
-`jempp()` and `sadajem()` are the same sampler; tests/test_sampling.py proves the equivalence
-against a literal YOPO implementation.
+0.2 * clip(dH/dx) equal one step of 1.0 * clip(d LSE/dx) (see docs/method-notes.md, 'PYLD
+equals clipped SGLD'), so the presets `jempp()` and `sadajem()` are the same sampler;
+tests/test_sampling.py proves the equivalence against a literal YOPO implementation.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def sgld(
 @dataclass(frozen=True)
 class SGLDSampler:
     """SGLD settings as one value; the presets are the official variants' samplers
-    (method.md section 2 table)."""
+    (docs/method-notes.md, 'The official samplers')."""
 
     steps: int = 10
     step_size: float = 1.0
@@ -211,7 +211,7 @@ class SGLDSampler:
     @classmethod
     def jempp(cls) -> SGLDSampler:
         """JEM++ PYLD (10 outer x 5 inner x 0.2, eps 1): identical to `sadajem()` because conv1
-        is linear (method.md section 2)."""
+        is linear (docs/method-notes.md, 'PYLD equals clipped SGLD')."""
         return cls.sadajem()
 
     def __call__(

@@ -61,6 +61,12 @@ def _nonempty(path: Path) -> bool:
 
 def check_new(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
     """Raises RunDirError unless a new run can be created at `out`; changes nothing."""
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise RunDirError(
+            f"{flag} {out} is the current directory or above it; a run needs a directory of its "
+            "own (e.g. runs/NAME)"
+        )
     reason = unwritable_reason(out)
     if reason is None and out.exists():
         reason = unwritable_reason(out.parent)
@@ -89,11 +95,12 @@ def check_new(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
 
 class NewRun:
     """Creates a run directory atomically: files go into a hidden staging sibling, and
-    `commit()` renames it to `out` (moving an old run aside first and deleting it only after).
-    `abort()` removes the staging directory and puts an old run back."""
+    `commit()` renames it to `out` (moving an old run aside first and deleting it only after,
+    or putting it back if the rename fails). `abort()` removes the staging directory and any
+    parents that begin() created."""
 
     def __init__(self, out: Path) -> None:
-        self.out = Path(out)
+        self.out = Path(out).absolute()
         self.id = uuid.uuid4().hex
         tag = f"{os.getpid()}-{self.id[:8]}"
         self.staging = self.out.parent / f".{self.out.name}.new-{tag}"

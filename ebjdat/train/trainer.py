@@ -1,9 +1,10 @@
 """The EB-JDAT training loop: samplers, loss, optimiser, evaluation on the validation split,
 checkpoints that hold everything, exact resume, and a divergence guard that rolls back.
 
-One iteration (method.md §1.6): draw positives x+ and a labelled batch (x, y); run SGLD from the
-replay buffer (x_q); run the adversarial sampler on (x, y) (x_adv); take one optimiser step on
-the EB-JDAT loss (SAM: two passes on the same samples, BN running statistics frozen in the second).
+One iteration, in the official order (see docs/method-notes.md, 'One official training
+iteration'): draw positives x+ and a labelled batch (x, y); run SGLD from the replay buffer
+(x_q); run the adversarial sampler on (x, y) (x_adv); take one optimiser step on the EB-JDAT
+loss (SAM: two passes on the same samples, BN running statistics frozen in the second).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ebjdat.models import JEM, build_model, frozen_bn_stats
 from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
 
 from . import checkpoint, rundir
-from .config import RESUME_SAFE_KEYS, Config, ConfigError, from_dict, to_toml
+from .config import RESUME_SAFE_KEYS, Config, ConfigError, to_toml
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
 from .schedule import learning_rate
@@ -558,15 +559,7 @@ class Trainer:
 
     def resume(self) -> None:
         path = self.ckpt_dir / "last.pt"
-        state = checkpoint.check_training_state(
-            checkpoint.load(path, map_location=self.device), path
-        )
-        try:
-            saved = from_dict(state["config"]).validate()
-        except ConfigError as err:
-            raise checkpoint.CheckpointError(
-                f"checkpoint {path} has an unusable config ({err})"
-            ) from None
+        state, saved = checkpoint.load_training(path, map_location=self.device)
         rundir.check_resume(self.out, state.get("run_id"), state["config"], path)
         changed = config_changes(saved, self.cfg)
         refused = [key for key in changed if key not in RESUME_SAFE_KEYS]
