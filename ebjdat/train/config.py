@@ -227,7 +227,8 @@ def _check_field(key: str, value: Any, hint: Any, f: dataclasses.Field) -> None:
             }[name]
             if not ok:
                 sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[name]
-                raise ConfigError(f"{key} must be {sign} {bound:g}, got {item}")
+                shown = f"{bound:g}" if isinstance(bound, float) else str(bound)
+                raise ConfigError(f"{key} must be {sign} {shown}, got {item}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
