@@ -19,10 +19,10 @@ from torchvision.utils import save_image
 
 import ebjdat
 from ebjdat.attacks import pgd_attack
+from ebjdat.checkpoint import load
 from ebjdat.data import load_split_tensors
 from ebjdat.models import JEM
 from ebjdat.sampling import ClassGaussians, sgld
-from ebjdat.train.checkpoint import load
 from ebjdat.train.config import from_dict
 
 PRESETS = ("digits", "digits-jem", "digits-pgd-at")

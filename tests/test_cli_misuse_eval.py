@@ -25,11 +25,12 @@ import pytest
 import torch
 from misuse import Case, check_misuse, tree_state
 
+from ebjdat import checkpoint
 from ebjdat.cli import bench as bench_cli
 from ebjdat.cli import eval as eval_cli
 from ebjdat.cli import sample as sample_cli
 from ebjdat.ops import _library
-from ebjdat.train import checkpoint, config
+from ebjdat.train import config
 from ebjdat.train.trainer import Trainer
 
 TINY = [
@@ -414,8 +415,8 @@ def test_help_exits_0(prog: str, argv: list[str], capsys: pytest.CaptureFixture[
 
 
 def test_load_weights_names_the_first_mismatch_and_leaves_the_module_alone() -> None:
+    from ebjdat.checkpoint import CheckpointError
     from ebjdat.models.loading import load_weights
-    from ebjdat.train.checkpoint import CheckpointError
 
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.Conv2d(32, 8, 1))
     before = {k: v.clone() for k, v in module.state_dict().items()}

@@ -13,10 +13,10 @@ import pytest
 import torch
 from misuse import Case, check_misuse, run_read_only, tree_state
 
+from ebjdat import checkpoint
 from ebjdat.cli import train as train_cli
 from ebjdat.models import build_model
 from ebjdat.ops import _library
-from ebjdat.train import checkpoint
 
 TINY = [
     "model.arch=wrn-10-1",

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebjdat import checkpoint
 from ebjdat.cli import eval as eval_cli
 from ebjdat.cli import sample as sample_cli
-from ebjdat.train import checkpoint, config
+from ebjdat.train import config
 from ebjdat.train.trainer import Trainer
 
 TINY = [

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebjdat import checkpoint
 from ebjdat.cli import train as train_cli
-from ebjdat.train import checkpoint, rundir
+from ebjdat.train import rundir
 
 TINY = [
     "model.arch=wrn-10-1",

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebjdat.train import checkpoint, config, losses
-from ebjdat.train.checkpoint import CheckpointError
+from ebjdat import checkpoint
+from ebjdat.checkpoint import CheckpointError
+from ebjdat.train import config, losses
 from ebjdat.train.config import ConfigError
 from ebjdat.train.trainer import Trainer, TrainingStopped
 

@@ -24,15 +24,9 @@ import torch
 from torch import nn
 
 from ebjdat import ops
+from ebjdat.grad_modes import frozen_parameters, grad_mode, model_mode, outside_inference_mode
 from ebjdat.sampling.cuda_graphs import callable_key, check_cuda_graph_inputs, replay_loop
-from ebjdat.sampling.sgld import (
-    LogitsFn,
-    frozen_parameters,
-    grad_mode,
-    internal_logits_fn,
-    model_mode,
-    outside_inference_mode,
-)
+from ebjdat.sampling.sgld import LogitsFn, internal_logits_fn
 
 # Pixel units -> internal units. The config's eps and step_size are in [0, 1] pixel units and
 # the sampler works on [-1, 1] images (z = 2x - 1), so distances scale by 2. This is the only

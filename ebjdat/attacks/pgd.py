@@ -12,12 +12,12 @@ from collections.abc import Callable
 import torch
 
 from ebjdat import ops
-from ebjdat.sampling.sgld import grad_mode, outside_inference_mode
+from ebjdat.grad_modes import grad_mode, outside_inference_mode
 
 Model01 = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed per-sample loss: with a sign (linf) or per-sample normalised (l2) step, sum and
     mean give the same update, and sum keeps samples independent."""
     out = ops.energy_head(logits, y)
@@ -34,7 +34,6 @@ def _pgd_once(
     steps: int,
     norm: str,
     random_start: bool,
-    loss: str,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     if random_start:
@@ -44,7 +43,7 @@ def _pgd_once(
     for _ in range(steps):
         with grad_mode():
             xr = x_adv.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(_loss(model01(xr), y, loss), xr)
+            (grad,) = torch.autograd.grad(_loss(model01(xr), y), xr)
         with torch.no_grad():
             x_adv = ops.pgd_step(
                 x_adv, grad, x, step_size=step_size, eps=eps, norm=norm, clamp=(0.0, 1.0)
@@ -64,7 +63,6 @@ def pgd_attack(
     norm: str = "linf",
     restarts: int = 1,
     random_start: bool = True,
-    loss: str = "ce",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted PGD on the CE loss; returns x_adv in [0, 1] within eps of x01.
@@ -73,8 +71,6 @@ def pgd_attack(
     (later restarts only attack the samples not yet fooled), so more restarts can only lower
     robust accuracy. Without random_start all restarts would be identical, so one is run.
     """
-    if loss != "ce":
-        raise ValueError(f"loss must be 'ce', got {loss!r}")
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if restarts < 1 or steps < 0:
@@ -85,7 +81,6 @@ def pgd_attack(
         steps=steps,
         norm=norm,
         random_start=random_start,
-        loss=loss,
         generator=generator,
     )
     x, y = x01.detach().clone(), y.clone()

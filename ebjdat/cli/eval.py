@@ -585,8 +585,8 @@ class Evaluation:
 
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from ebjdat.checkpoint import CheckpointError
     from ebjdat.data import DatasetNotFoundError
-    from ebjdat.train.checkpoint import CheckpointError
     from ebjdat.train.config import ConfigError
 
     try:

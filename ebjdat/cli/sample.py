@@ -52,7 +52,7 @@ def optional_float(text: str) -> float | None:
 
 def check_checkpoint_path(path: str | Path) -> None:
     """CKPT must name a checkpoint file: checked before anything is loaded or created."""
-    from ebjdat.train.checkpoint import CheckpointError
+    from ebjdat.checkpoint import CheckpointError
 
     p = Path(path)
     if p.is_dir():
@@ -67,7 +67,7 @@ def check_checkpoint_path(path: str | Path) -> None:
 
 def config_of(state: dict[str, Any], path: str | Path) -> Any:
     """The checkpoint's training Config, validated, or a CheckpointError naming the problem."""
-    from ebjdat.train.checkpoint import CheckpointError
+    from ebjdat.checkpoint import CheckpointError
     from ebjdat.train.config import ConfigError, from_dict
 
     tree = state.get("config")
@@ -87,8 +87,8 @@ def config_of(state: dict[str, Any], path: str | Path) -> Any:
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[Any, dict[str, Any], Any]:
     """(model in eval mode, raw checkpoint state, Config); CheckpointError for anything that is
     not a readable ebjdat checkpoint, so the CLIs can answer with one line."""
+    from ebjdat.checkpoint import CheckpointError, load
     from ebjdat.models.loading import model_from_state
-    from ebjdat.train.checkpoint import CheckpointError, load
 
     check_checkpoint_path(path)
     try:
@@ -333,8 +333,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from ebjdat.checkpoint import CheckpointError
     from ebjdat.data import DatasetNotFoundError
-    from ebjdat.train.checkpoint import CheckpointError
 
     try:
         _check_args(args)

@@ -165,8 +165,8 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
 def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - Config
     """The run's config from its last checkpoint, with the safe changes the flags ask for."""
     from ebjdat.files import unwritable_reason
-    from ebjdat.train import checkpoint
     from ebjdat.train.config import apply, override
+    from ebjdat.train.trainer import load_training
 
     last = out / "checkpoints" / "last.pt"
     if not last.is_file():
@@ -175,7 +175,7 @@ def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - Confi
         reason = unwritable_reason(place)
         if reason is not None:
             raise UsageError(f"--resume: {reason}")
-    _, cfg = checkpoint.load_training(last)
+    _, cfg = load_training(last)
     for section, values in _flag_values(args).items():
         apply(cfg, {section: values}, source="flags")
     for assignment in args.set:
@@ -234,9 +234,9 @@ def run(argv: list[str] | None = None) -> int:
     if args.list_presets:
         _list_presets()
         return 0
+    from ebjdat.checkpoint import CheckpointError
     from ebjdat.data import DatasetNotFoundError
     from ebjdat.train import ConfigError, Trainer, TrainingInterrupted, TrainingStopped
-    from ebjdat.train.checkpoint import CheckpointError
     from ebjdat.train.config import from_dict
     from ebjdat.train.rundir import RunDirError, check_new
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ebjdat.attacks import pgd_attack
 from ebjdat.data import to_float01
-from ebjdat.sampling.sgld import grad_mode, outside_inference_mode
+from ebjdat.grad_modes import grad_mode, outside_inference_mode
 
 Model01 = Callable[[torch.Tensor], torch.Tensor]
 

@@ -19,7 +19,7 @@ _SHOWN = 5  # names listed per kind of mismatch before "(and N more)"
 
 
 def _error(message: str) -> Exception:
-    from ebjdat.train.checkpoint import CheckpointError
+    from ebjdat.checkpoint import CheckpointError
 
     return CheckpointError(message)
 
@@ -99,7 +99,7 @@ def model_from_state(state: Mapping[str, Any], source: str) -> JEM:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> JEM:
     """The full energy model of a checkpoint (eval mode); CheckpointError for any problem."""
-    from ebjdat.train.checkpoint import load
+    from ebjdat.checkpoint import load
 
     state = load(path, map_location="cpu")
     return model_from_state(state, str(path)).to(device).eval()

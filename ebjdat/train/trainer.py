@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ebjdat import checkpoint
 from ebjdat.attacks import AdvSamplerConfig, adversarial_samples, pgd_attack
 from ebjdat.data import Augment, TensorLoader, dataset_info, load_split_tensors, to_float01
 from ebjdat.eval.robustness import clean_accuracy
@@ -31,8 +32,8 @@ from ebjdat.files import write_text_atomic
 from ebjdat.models import JEM, build_model, frozen_bn_stats
 from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
 
-from . import checkpoint, rundir
-from .config import RESUME_SAFE_KEYS, Config, ConfigError, to_toml
+from . import rundir
+from .config import RESUME_SAFE_KEYS, Config, ConfigError, from_dict, to_toml
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
 from .schedule import learning_rate
@@ -559,7 +560,7 @@ class Trainer:
 
     def resume(self) -> None:
         path = self.ckpt_dir / "last.pt"
-        state, saved = checkpoint.load_training(path, map_location=self.device)
+        state, saved = load_training(path, map_location=self.device)
         rundir.check_resume(self.out, state.get("run_id"), state["config"], path)
         changed = config_changes(saved, self.cfg)
         refused = [key for key in changed if key not in RESUME_SAFE_KEYS]
@@ -784,3 +785,18 @@ def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
         for key, value in values.items()
         if b[section][key] != value
     }
+
+
+def load_training(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Config]:
+    """(state, Config) of a training checkpoint, checked for everything a resume reads; one
+    CheckpointError line for anything missing, malformed or an unusable config."""
+    state = checkpoint.check_training_state(checkpoint.load(path, map_location=map_location), path)
+    try:
+        config = from_dict(state["config"]).validate()
+    except ConfigError as err:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {path} has an unusable config ({err})"
+        ) from None
+    return state, config

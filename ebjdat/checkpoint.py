@@ -124,15 +124,3 @@ def check_training_state(state: dict[str, Any], path: str | Path) -> dict[str, A
         raise CheckpointError(f"checkpoint {path}: 'history' rows must be tables")
     return state
 
-
-def load_training(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, Any]:
-    """(state, Config) of a training checkpoint, checked for everything a resume reads; one
-    CheckpointError line for anything missing, malformed or an unusable config."""
-    from .config import ConfigError, from_dict
-
-    state = check_training_state(load(path, map_location=map_location), path)
-    try:
-        config = from_dict(state["config"]).validate()
-    except ConfigError as err:
-        raise CheckpointError(f"checkpoint {path} has an unusable config ({err})") from None
-    return state, config
