@@ -1,24 +1,81 @@
-"""ebjdat: Energy-based Joint Distribution Adversarial Training with fused kernels."""
+"""ebjdat: Energy-based Joint Distribution Adversarial Training with fused kernels.
+
+Train any classifier (an `nn.Module` mapping [0, 1] images to logits) to be accurate, robust and
+generative at once::
+
+    trainer = ebjdat.fit(my_model, my_dataset, preset="ebjdat-jempp", out_dir="runs/mine")
+
+The pieces are public too: the loss (`eb_jdat_loss`), the SGLD sampler and its replay buffer,
+the adversarial sampler, PGD, the config types, and the fused ops in `ebjdat.ops`.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402  (defines and loads the ops)
 
+# Public names and the module each lives in, imported on first use so that `import ebjdat`
+# stays as light as the ops.
+_EXPORTS = {
+    "fit": "ebjdat.train.api",
+    "Trainer": "ebjdat.train.trainer",
+    "TrainingInterrupted": "ebjdat.train.trainer",
+    "TrainingStopped": "ebjdat.train.trainer",
+    "Config": "ebjdat.train.config",
+    "ConfigError": "ebjdat.train.config",
+    "DataConfig": "ebjdat.train.config",
+    "ModelConfig": "ebjdat.train.config",
+    "SGLDConfig": "ebjdat.train.config",
+    "AdvConfig": "ebjdat.train.config",
+    "LossConfig": "ebjdat.train.config",
+    "OptimConfig": "ebjdat.train.config",
+    "TrainConfig": "ebjdat.train.config",
+    "load_preset": "ebjdat.train.config",
+    "preset_names": "ebjdat.train.config",
+    "eb_jdat_loss": "ebjdat.train.losses",
+    "Forward": "ebjdat.train.losses",
+    "LossTerms": "ebjdat.train.losses",
+    "sgld": "ebjdat.sampling",
+    "SGLDSampler": "ebjdat.sampling",
+    "ReplayBuffer": "ebjdat.sampling",
+    "ClassGaussians": "ebjdat.sampling",
+    "adversarial_samples": "ebjdat.attacks",
+    "AdvSamplerConfig": "ebjdat.attacks",
+    "pgd_attack": "ebjdat.attacks",
+    "Classifier": "ebjdat.models",
+    "EnergyModel": "ebjdat.models",
+    "CheckpointError": "ebjdat.checkpoint",
+}
 
-def load_classifier(path: str, device: str = "cpu"):  # noqa: ANN201 - torch.nn.Module
-    """An eval-mode module mapping [0, 1] images to logits, from a training checkpoint."""
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ebjdat' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+def load_classifier(path: str, device: str = "cpu", *, model: Any = None) -> Any:
+    """An eval-mode module mapping [0, 1] images to logits, from a training checkpoint; for a
+    user model, `model` is the untrained module to load the weights into when the checkpoint
+    records no importable builder."""
     from .models import load_classifier as load
 
-    return load(path, device)
+    return load(path, device, model=model)
 
 
-def load_model(path: str, device: str = "cpu"):  # noqa: ANN201 - ebjdat.models.JEM
+def load_model(path: str, device: str = "cpu", *, model: Any = None) -> Any:
     """The full energy model (logits, energies, samplers' internal view) of a checkpoint."""
     from .models import load_model as load
 
-    return load(path, device)
+    return load(path, device, model=model)
 
 
-__all__ = ["__version__", "load_classifier", "load_model", "ops"]
+__all__ = ["__version__", "load_classifier", "load_model", "ops", *_EXPORTS]

@@ -63,7 +63,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for assignment in TINY:
         config.override(cfg, assignment)
     torch.manual_seed(0)
-    Trainer(cfg.validate(), run, progress_bar=False, log=lambda m: None).fit()
+    Trainer(config=cfg.validate(), out_dir=run, progress_bar=False, log=lambda m: None).fit()
     assert (run / "checkpoints" / "last.pt").is_file()
     return run
 

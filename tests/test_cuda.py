@@ -119,7 +119,7 @@ def test_training_iteration_never_waits_for_the_gpu(tmp_path) -> None:  # noqa: 
         "adv.steps=2",
     ):
         config.override(cfg, assignment)
-    trainer = Trainer(cfg.validate(), tmp_path, device="cuda", progress_bar=False)
+    trainer = Trainer(config=cfg.validate(), out_dir=tmp_path, device="cuda", progress_bar=False)
     x_pos, _ = next(iter(trainer.positives))
     x_lab, y = next(iter(trainer.labelled))
     trainer.train_step(x_pos, x_lab, y)  # warm-up: lazy initialisation may sync once
@@ -178,11 +178,18 @@ def test_training_step_with_cuda_graphs_keeps_the_loss(tmp_path) -> None:  # noq
     losses = []
     for graphs in ("false", "true"):
         cfg = config.load_preset("digits")
-        for assignment in ("train.eval_limit=0", "train.select_metric=val_acc",
-                           "train.sample_grid=0", "sgld.steps=3",
-                           "adv.steps=2", f"train.cuda_graphs={graphs}"):
+        for assignment in (
+            "train.eval_limit=0",
+            "train.select_metric=val_acc",
+            "train.sample_grid=0",
+            "sgld.steps=3",
+            "adv.steps=2",
+            f"train.cuda_graphs={graphs}",
+        ):
             config.override(cfg, assignment)
-        trainer = Trainer(cfg.validate(), tmp_path / graphs, device="cuda", progress_bar=False)
+        trainer = Trainer(
+            config=cfg.validate(), out_dir=tmp_path / graphs, device="cuda", progress_bar=False
+        )
         x_pos, _ = next(iter(trainer.positives))
         x_lab, y = next(iter(trainer.labelled))
         losses.append([trainer.train_step(x_pos, x_lab, y).total.item() for _ in range(3)])
@@ -195,5 +202,7 @@ def test_trainer_sets_cudnn_benchmark(tmp_path) -> None:  # noqa: ANN001
     for flag in (False, True):
         cfg = config.load_preset("digits")
         config.override(cfg, f"train.cudnn_benchmark={str(flag).lower()}")
-        Trainer(cfg.validate(), tmp_path / str(flag), device="cuda", progress_bar=False)
+        Trainer(
+            config=cfg.validate(), out_dir=tmp_path / str(flag), device="cuda", progress_bar=False
+        )
         assert torch.backends.cudnn.benchmark is flag

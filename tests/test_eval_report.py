@@ -47,7 +47,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for assignment in TINY:
         config.override(cfg, assignment)
     torch.manual_seed(0)
-    Trainer(cfg.validate(), run, progress_bar=False, log=lambda m: None).fit()
+    Trainer(config=cfg.validate(), out_dir=run, progress_bar=False, log=lambda m: None).fit()
     yield run / "checkpoints" / "last.pt"
     if old is None:
         os.environ.pop("EBJDAT_CACHE", None)

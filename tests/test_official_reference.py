@@ -47,7 +47,9 @@ def test_reference_computes_the_official_preset_loss(
         "data.noise_std=0",
     ]:
         config.override(cfg, assignment)
-    trainer = Trainer(cfg.validate(), tmp_path, progress_bar=False, log=lambda m: None)
+    trainer = Trainer(
+        config=cfg.validate(), out_dir=tmp_path, progress_bar=False, log=lambda m: None
+    )
     trainer.model.double()
     reference = copy.deepcopy(trainer.model)
 

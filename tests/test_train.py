@@ -100,7 +100,11 @@ def test_overrides_and_errors_name_the_key(tmp_path: Path) -> None:
         config.override(config.load_preset("digits"), "train.sync_every=0").validate()
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="train.cuda_graphs needs a CUDA device"):
-            Trainer(tiny_config("train.cuda_graphs=true"), tmp_path / "graphs", device="cpu")
+            Trainer(
+                config=tiny_config("train.cuda_graphs=true"),
+                out_dir=tmp_path / "graphs",
+                device="cpu",
+            )
 
 
 def test_loss_terms_against_hand_computation() -> None:
@@ -175,7 +179,7 @@ def test_checkpoint_is_atomic_and_safe(tmp_path: Path) -> None:
 
 def test_short_digits_run_learns(tmp_path: Path) -> None:
     trainer = Trainer(
-        tiny_config("train.epochs=3"), tmp_path, progress_bar=False, log=lambda m: None
+        config=tiny_config("train.epochs=3"), out_dir=tmp_path, progress_bar=False, log=print
     )
     before = trainer.evaluate()["val_acc"]
     last = trainer.fit()
@@ -203,7 +207,9 @@ def test_divergence_rolls_back_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
         return terms
 
     monkeypatch.setattr("ebjdat.train.trainer.eb_jdat_loss", poison)
-    trainer = Trainer(tiny_config("train.epochs=2"), tmp_path, progress_bar=False, log=logs.append)
+    trainer = Trainer(
+        config=tiny_config("train.epochs=2"), out_dir=tmp_path, progress_bar=False, log=logs.append
+    )
     trainer.fit()
     assert trainer.state.epoch == 2 and trainer.state.retries == 1
     assert trainer.state.lr_scale == pytest.approx(0.5)
@@ -290,7 +296,7 @@ def test_load_classifier_from_a_checkpoint(tmp_path: Path) -> None:
     import ebjdat
 
     trainer = Trainer(
-        tiny_config("train.epochs=0"), tmp_path, progress_bar=False, log=lambda m: None
+        config=tiny_config("train.epochs=0"), out_dir=tmp_path, progress_bar=False, log=print
     )
     trainer.fit()
     model = ebjdat.load_classifier(str(tmp_path / "checkpoints" / "last.pt"))
@@ -315,7 +321,9 @@ def test_speed_switches_keep_the_loss(tmp_path: Path, switch: str, rtol: float) 
         cfg = tiny_config(
             "train.channels_last=false", "train.eval_limit=0", "train.select_metric=val_acc", *extra
         )
-        trainer = Trainer(cfg, tmp_path / str(len(extra)), progress_bar=False, log=lambda m: None)
+        trainer = Trainer(
+            config=cfg, out_dir=tmp_path / str(len(extra)), progress_bar=False, log=lambda m: None
+        )
         x_pos, _ = next(iter(trainer.positives))
         x_lab, y = next(iter(trainer.labelled))
         return trainer.train_step(x_pos, x_lab, y).total.item()
@@ -358,7 +366,9 @@ def test_step_watch_defers_checks_to_sync_points() -> None:
 def test_no_checkpoint_after_an_unchecked_bad_step(tmp_path: Path) -> None:
     from ebjdat.train.watch import Diverged
 
-    trainer = Trainer(tiny_config("train.epochs=1"), tmp_path, progress_bar=False, log=print)
+    trainer = Trainer(
+        config=tiny_config("train.epochs=1"), out_dir=tmp_path, progress_bar=False, log=print
+    )
     trainer.save("last.pt")
     before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
     trainer.watch.add(_terms(float("inf")), 0)

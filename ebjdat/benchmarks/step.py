@@ -123,7 +123,9 @@ def _sync(device: torch.device) -> None:
 
 def _trainer(cfg: C.Config, device: torch.device) -> Trainer:
     with tempfile.TemporaryDirectory() as tmp:
-        return Trainer(cfg, tmp, device=device, progress_bar=False, log=lambda m: None)
+        return Trainer(
+            config=cfg, out_dir=tmp, device=device, progress_bar=False, log=lambda m: None
+        )
 
 
 Iteration = Callable[..., None]  # fn(timer: PhaseTimer | None = None): one training iteration

@@ -265,7 +265,11 @@ def run(argv: list[str] | None = None) -> int:
         out_name, tree = _on_rank0(distributed, prepare, usage_errors)
         out, cfg = Path(out_name), from_dict(tree).validate()
         trainer = Trainer(
-            cfg, out, device=device, distributed=distributed, progress_bar=not args.no_progress
+            config=cfg,
+            out_dir=out,
+            device=device,
+            distributed=distributed,
+            progress_bar=not args.no_progress,
         )
         if args.resume:
             trainer.resume()

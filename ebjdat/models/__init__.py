@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .classifier import Classifier
 from .jem import (
     JEM,
+    EnergyModel,
     bn_eval,
     build_model,
     frozen_bn_stats,
@@ -16,6 +18,8 @@ from .wideresnet import WideBasic, WideResNet
 
 __all__ = [
     "JEM",
+    "Classifier",
+    "EnergyModel",
     "WideBasic",
     "WideResNet",
     "bn_eval",

@@ -25,22 +25,12 @@ from .wideresnet import WideResNet
 _ARCH = re.compile(r"^wrn-(\d+)-(\d+)$", re.IGNORECASE)
 
 
-class JEM(nn.Module):
-    """Backbone + `Linear(feature_dim, num_classes)` head; logits double as negative energies."""
+class EnergyModel(nn.Module):
+    """A classifier read as an energy-based model, for any architecture: subclasses give
+    `logits_internal(z)` on internal [-1, 1] images; [0, 1] inputs, the unit conversion and the
+    energies are defined here once."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int | None = None) -> None:
-        super().__init__()
-        feature_dim = getattr(backbone, "feature_dim", None)
-        if not isinstance(feature_dim, int):
-            raise TypeError("backbone must expose an integer `feature_dim` (e.g. WideResNet)")
-        if num_classes is None:
-            num_classes = getattr(backbone, "num_classes", None)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        self.backbone = backbone
-        # Named as in the official CCF so its checkpoints map over (convert_official_state_dict).
-        self.class_output = nn.Linear(feature_dim, num_classes)
-        self.num_classes = num_classes
+    num_classes: int
 
     # ---- unit conversion: the only place that knows JEM's [-1, 1] convention -------------------
 
@@ -56,13 +46,8 @@ class JEM(nn.Module):
 
     # ---- logits and energies --------------------------------------------------------------------
 
-    def features_internal(self, z: torch.Tensor) -> torch.Tensor:
-        """Penultimate features of internal-unit images."""
-        return self.backbone(z)
-
     def logits_internal(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits of images already in [-1, 1] (what samplers and training internals use)."""
-        return self.class_output(self.backbone(z))
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of [0, 1] images: the classifier view (ready for torchattacks / AutoAttack)."""
@@ -96,6 +81,32 @@ class JEM(nn.Module):
         out = self.energies(x, y, internal=internal)
         assert out.cond_energy is not None
         return out.cond_energy
+
+
+class JEM(EnergyModel):
+    """Backbone + `Linear(feature_dim, num_classes)` head; logits double as negative energies."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int | None = None) -> None:
+        super().__init__()
+        feature_dim = getattr(backbone, "feature_dim", None)
+        if not isinstance(feature_dim, int):
+            raise TypeError("backbone must expose an integer `feature_dim` (e.g. WideResNet)")
+        if num_classes is None:
+            num_classes = getattr(backbone, "num_classes", None)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.backbone = backbone
+        # Named as in the official CCF so its checkpoints map over (convert_official_state_dict).
+        self.class_output = nn.Linear(feature_dim, num_classes)
+        self.num_classes = num_classes
+
+    def features_internal(self, z: torch.Tensor) -> torch.Tensor:
+        """Penultimate features of internal-unit images."""
+        return self.backbone(z)
+
+    def logits_internal(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of images already in [-1, 1] (what samplers and training internals use)."""
+        return self.class_output(self.backbone(z))
 
     # ---- rebuilding -----------------------------------------------------------------------------
 

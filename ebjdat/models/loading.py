@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .jem import JEM
+from .classifier import KIND, Classifier
+from .jem import JEM, EnergyModel
 
 _SHOWN = 5  # names listed per kind of mismatch before "(and N more)"
 
@@ -76,9 +77,12 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, Tensor], source: st
         raise _error(f"checkpoint {source} does not fit the model ({first})") from None
 
 
-def model_from_state(state: Mapping[str, Any], source: str) -> JEM:
-    """The JEM of an already loaded checkpoint state (CPU, train mode), or a CheckpointError
-    saying what is wrong with its "model" / "model_config" entries."""
+def model_from_state(
+    state: Mapping[str, Any], source: str, model: nn.Module | None = None
+) -> EnergyModel:
+    """The energy model of an already loaded checkpoint state (CPU, train mode), or a
+    CheckpointError saying what is wrong with its "model" / "model_config" entries. `model` is
+    the untrained user module to load a classifier's weights into (else its builder is used)."""
     missing = [k for k in ("model", "model_config") if k not in state]
     if missing:
         raise _error(f"checkpoint {source} holds no model (no {' or '.join(missing)} entry)")
@@ -89,22 +93,32 @@ def model_from_state(state: Mapping[str, Any], source: str) -> JEM:
             "architecture settings"
         )
     try:
-        model = JEM.from_config(cfg)
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:
+        if cfg.get("kind") == KIND:
+            energy_model: EnergyModel = Classifier.from_config(cfg, net=model)
+        else:
+            energy_model = JEM.from_config(cfg)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise _error(f"checkpoint {source}: its model_config is not usable ({first})") from None
-    load_weights(model, state["model"], source)
-    return model
+    load_weights(energy_model, state["model"], source)
+    return energy_model
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> JEM:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, model: nn.Module | None = None
+) -> EnergyModel:
     """The full energy model of a checkpoint (eval mode); CheckpointError for any problem."""
     from ebjdat.checkpoint import load
 
     state = load(path, map_location="cpu")
-    return model_from_state(state, str(path)).to(device).eval()
+    return model_from_state(state, str(path), model).to(device).eval()
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """An eval-mode module mapping [0, 1] images to logits: ready for torchattacks/AutoAttack."""
-    return load_model(path, device)
+def load_classifier(
+    path: str | Path, device: str | torch.device = "cpu", *, model: nn.Module | None = None
+) -> torch.nn.Module:
+    """An eval-mode module mapping [0, 1] images to logits: ready for torchattacks/AutoAttack.
+    For a user's own classifier this is that module itself (rebuilt by its recorded builder, or
+    `model` with the checkpoint's weights loaded)."""
+    energy_model = load_model(path, device, model=model)
+    return energy_model.net if isinstance(energy_model, Classifier) else energy_model

@@ -10,29 +10,32 @@ loss (SAM: two passes on the same samples, BN running statistics frozen in the s
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ebjdat import checkpoint
 from ebjdat.attacks import AdvSamplerConfig, adversarial_samples, pgd_attack
-from ebjdat.data import Augment, TensorLoader, dataset_info, load_split_tensors, to_float01
+from ebjdat.data import Augment, TensorLoader, to_float01
 from ebjdat.eval.robustness import clean_accuracy
 from ebjdat.files import write_text_atomic
-from ebjdat.models import JEM, build_model, frozen_bn_stats
+from ebjdat.models import JEM, Classifier, EnergyModel, frozen_bn_stats
 from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
 
 from . import rundir
+from .build import energy_model, load_named, resolve_config, user_data
 from .config import RESUME_SAFE_KEYS, Config, ConfigError, from_dict, to_toml
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
@@ -110,22 +113,40 @@ def _device_generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 class Trainer:
+    """EB-JDAT training of one classifier: the loop, its state, checkpoints, exact resume and
+    divergence rollback.
+
+    `model` is any `nn.Module` mapping [0, 1] images to logits (None: ebjdat's WideResNet from
+    the config's [model] section). `train_data`/`val_data` are map-style Datasets of
+    (image, label) or (images, labels) tensors (None: the dataset the config names; without
+    val_data a seeded 10% of train_data is held out). `config` is a Config or a dict of
+    "section.key" overrides on `preset`. `out_dir=None` trains without writing anything (the
+    rollback point is then kept in memory).
+    """
+
     def __init__(
         self,
-        config: Config,
-        out_dir: str | Path,
+        model: nn.Module | None = None,
+        train_data: Any = None,
         *,
-        device: str | torch.device = "cpu",
+        val_data: Any = None,
+        preset: str = "digits",
+        config: Config | Mapping[str, Any] | None = None,
+        out_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
         distributed: Distributed | None = None,
         log: Callable[[str], None] = print,
         progress_bar: bool = True,
         handle_signals: bool = True,
     ) -> None:
-        self.cfg = config.validate()
-        self.out = Path(out_dir)
+        self.cfg = resolve_config(preset, config)
+        self.out = Path(out_dir) if out_dir is not None else None
         self.handle_signals = handle_signals
         self._stop_signal: int | None = None
+        self._memory: bytes | None = None  # the last checkpoint, when there is no out_dir
         self.run_id: str | None = None
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.dist = distributed or Distributed()
         self.log = log if self.dist.main else (lambda msg: None)
@@ -136,31 +157,33 @@ class Trainer:
         random.seed(self.cfg.train.seed)
 
         d = self.cfg.data
-        root = d.root or None
-        size = d.image_size or None
-        self.info = dataset_info(d.dataset, root, image_size=size)
-        train_x, train_y = load_split_tensors(d.dataset, "train", root, d.download, size)
-        self.val_x, self.val_y = load_split_tensors(d.dataset, "val", root, d.download, size)
-        self.image_shape = tuple(train_x.shape[1:])
+        if train_data is None:
+            if val_data is not None:
+                raise ValueError("val_data needs train_data (or neither: the config's dataset)")
+            data = load_named(self.cfg)
+        else:
+            data = user_data(train_data, val_data, self.cfg.train.seed, self.log)
+        train_x, train_y = data.train_x, data.train_y
+        self.val_x, self.val_y = data.val_x, data.val_y
+        self.image_shape = data.image_shape
         for key, size in (
             ("data.labelled_batch_size", d.labelled_batch_size),
             ("data.batch_size", d.batch_size),
         ):
             if size > len(train_x):
                 raise ConfigError(
-                    f"{key} = {size} is larger than the {d.dataset} training split "
+                    f"{key} = {size} is larger than the {data.name} training split "
                     f"({len(train_x)} images)"
                 )
-        m = self.cfg.model
-        self.model: JEM = build_model(
-            m.arch,
-            num_classes=self.info.num_classes,
-            in_channels=self.image_shape[0],
-            image_size=self.image_shape[-1],
-            norm=None if m.norm == "none" else m.norm,
-            bn_momentum=m.bn_momentum,
-            dropout=m.dropout,
-        ).to(self.device)
+        self.model: EnergyModel = energy_model(model, self.cfg, data).to(self.device)
+        self.num_classes = data.num_classes
+        self.data_source = "config" if train_data is None else "user"
+        if isinstance(self.model, Classifier) and self.model.builder is None and self.out:
+            self.log(
+                f"{type(self.model.net).__name__} records no builder: load its checkpoints with "
+                "ebjdat.load_classifier(path, model=<an untrained instance>), or pass "
+                "ebjdat.Classifier(net, num_classes, builder='module:function', kwargs={...})"
+            )
         self._sync_parameters()
         t = self.cfg.train
         if t.cuda_graphs and self.device.type != "cuda":
@@ -210,7 +233,7 @@ class Trainer:
                 images = JEM.to_internal(
                     to_float01(train_x)
                 )
-                gaussians = ClassGaussians().fit(images, train_y, self.info.num_classes)
+                gaussians = ClassGaussians().fit(images, train_y, self.num_classes)
             self.buffer = ReplayBuffer(
                 s.buffer_size,
                 self.image_shape,
@@ -252,15 +275,21 @@ class Trainer:
         return torch.optim.SGD(params, **sgd)
 
     @property
+    def run_dir(self) -> Path:
+        if self.out is None:
+            raise ValueError("this Trainer has no out_dir: it writes no files")
+        return self.out
+
+    @property
     def ckpt_dir(self) -> Path:
-        return self.out / "checkpoints"
+        return self.run_dir / "checkpoints"
 
     @property
     def metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
+        return self.run_dir / "metrics.jsonl"
 
     def _tensorboard(self) -> Any:
-        if not self.dist.main:
+        if not self.dist.main or self.out is None:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -455,6 +484,9 @@ class Trainer:
             "run_id": self.run_id,
             "model": self.model.state_dict(),
             "model_config": self.model.config,
+            # "user": trained on data passed in (not the config's dataset), which ebjdat-eval
+            # cannot reload by name.
+            "data_source": self.data_source,
             "optimizer": self.optimizer.state_dict(),
             "progress": {
                 "epoch": p.epoch,
@@ -523,6 +555,11 @@ class Trainer:
     def save(self, *names: str) -> None:
         self.watch.check()  # never write a checkpoint after an unchecked diverged step
         state = self.state_dict()  # every rank takes part in the gather
+        if self.out is None:  # no run directory: keep the rollback point in memory
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self._memory = buffer.getvalue()
+            return
         if self.dist.main:
             for name in names:
                 checkpoint.save(self.ckpt_dir / name, state)
@@ -531,7 +568,7 @@ class Trainer:
     def _write_metrics(self) -> None:
         """metrics.jsonl, rewritten whole from the history of the checkpoint just written: the
         file always agrees with the last checkpoint, whatever failed or was resumed in between."""
-        if self.dist.main:
+        if self.dist.main and self.out is not None:
             text = "".join(json.dumps(row) + "\n" for row in self.state.history)
             write_text_atomic(self.metrics_path, text)
 
@@ -540,6 +577,10 @@ class Trainer:
         it appears complete (and resumable) or not at all. With `overwrite`, an existing ebjdat
         run at the same place is replaced only once the new one stands."""
         final = self.out
+        if final is None:
+            self.save("last.pt")
+            self._started = True
+            return
         new = rundir.NewRun(final) if self.dist.main else None
         if new is not None:
             rundir.check_new(final, overwrite=overwrite)
@@ -559,6 +600,8 @@ class Trainer:
         self._started = True
 
     def resume(self) -> None:
+        if self.out is None:
+            raise ValueError("resume() needs the out_dir of the run to continue")
         path = self.ckpt_dir / "last.pt"
         state, saved = load_training(path, map_location=self.device)
         rundir.check_resume(self.out, state.get("run_id"), state["config"], path)
@@ -590,10 +633,19 @@ class Trainer:
         if retries > self.cfg.train.max_retries:
             raise TrainingStopped(
                 f"training diverged ({reason}) and {self.cfg.train.max_retries} rollbacks did not "
-                f"help; the last good checkpoint is {self.ckpt_dir / 'last.pt'}"
+                f"help; the last good checkpoint is "
+                f"{self.ckpt_dir / 'last.pt' if self.out is not None else 'the in-memory one'}"
             )
-        path = self.ckpt_dir / "last.pt"
-        self.load_state_dict(checkpoint.load(path, map_location=self.device), path)
+        if self.out is None:
+            path: str | Path = "the in-memory checkpoint"
+            assert self._memory is not None
+            state = torch.load(
+                io.BytesIO(self._memory), map_location=self.device, weights_only=True
+            )
+        else:
+            path = self.ckpt_dir / "last.pt"
+            state = checkpoint.load(path, map_location=self.device)
+        self.load_state_dict(state, path)
         # ^ the watch too: the checkpoint's sums, nothing pending
         self.state.retries, self.state.lr_scale = retries, scale
         self.state.seed = self.cfg.train.seed + 7919 * retries
@@ -611,7 +663,11 @@ class Trainer:
         """SIGINT and SIGTERM only ask training to stop: the loop then saves the state it has
         reached and raises TrainingInterrupted. A second signal stops at once (the last
         checkpoint on disk stays intact: writes are atomic)."""
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+        if (
+            not self.handle_signals
+            or self.out is None  # nothing to save to: Ctrl-C is an ordinary KeyboardInterrupt
+            or threading.current_thread() is not threading.main_thread()
+        ):
             yield
             return
         previous: dict[int, Any] = {}
@@ -655,7 +711,12 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------------
 
     def _save_samples(self) -> None:
-        if self.buffer is None or not self.dist.main or self.cfg.train.sample_grid <= 0:
+        if (
+            self.buffer is None
+            or self.out is None
+            or not self.dist.main
+            or self.cfg.train.sample_grid <= 0
+        ):
             return
         from torchvision.utils import save_image
 
