@@ -437,3 +437,36 @@ def test_load_weights_names_the_first_mismatch_and_leaves_the_module_alone() -> 
         load_weights(module, {**module.state_dict(), "0.weight": "w"}, "runs/x/last.pt")
     load_weights(module, {k: v + 1 for k, v in before.items()}, "runs/x/last.pt")
     assert torch.equal(module.state_dict()["0.bias"], before["0.bias"] + 1)
+
+
+# ---- the same checks from Python ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "message"),
+    [
+        ({"limit": 0}, "limit", "limit must be >= 1, got 0"),
+        ({"eps": 2.0}, "eps", "eps must be a finite number in (0, 1], got 2"),
+        ({"attacks": ("fgsm",)}, "attacks", "unknown attack 'fgsm'"),
+        ({"attacks": ("pgd0",)}, "attacks", "pgd0: PGD needs at least 1 step"),
+        ({"buffer_ratio": float("nan")}, "buffer_ratio", "buffer_ratio must be"),
+        ({"seed": -1}, "seed", "seed must be an integer in [0, "),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_eval_settings_name_the_field(settings: dict, field: str, message: str) -> None:
+    from ebjdat.eval import EvalSettings, SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        EvalSettings(**settings).validate()
+    assert err.value.field == field and message in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_sampler_settings_name_the_nested_field() -> None:
+    from ebjdat.eval import EvalSettings, SamplerOverrides, SampleSettings, SettingsError
+
+    with pytest.raises(SettingsError, match=r"^gen_sampler\.steps must be >= 0, got -1$"):
+        EvalSettings(gen_sampler=SamplerOverrides(steps=-1)).validate()
+    with pytest.raises(SettingsError, match=r"^n must be >= 1, got 0$"):
+        SampleSettings(n=0).validate()

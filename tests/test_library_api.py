@@ -241,3 +241,15 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert namespace["x_adv"].shape == (1, 1, 8, 8)
     assert 0 <= namespace["trainer"].state.history[-1]["val_acc"] <= 1
     assert (tmp_path / "runs/my-cnn/checkpoints/best.pt").is_file()
+
+
+def test_command_line_refuses_a_run_on_user_data(digits, tmp_path, capsys) -> None:  # noqa: ANN001
+    """Its config names the preset's dataset, not the user's data: evaluating that would be a
+    silent wrong answer."""
+    from ebjdat.cli import eval as eval_cli
+
+    _fit(digits, tmp_path / "run", DigitsCNN(), **{"train.epochs": 0})
+    capsys.readouterr()
+    assert eval_cli.run([str(tmp_path / "run/checkpoints/last.pt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on data passed to ebjdat.fit" in err[0], err

@@ -366,6 +366,22 @@ def test_gaussians_fit_and_sample_recover_class_statistics() -> None:
     torch.testing.assert_close(s.mean(0), means.mean(0), atol=0.01, rtol=0)
 
 
+def test_fit_class_gaussians_takes_uint8_or_unit_float_pixels() -> None:
+    """Training, evaluation and sampling fit the same Gaussians: pixels are converted to the
+    model's [-1, 1] units by fit_class_gaussians itself, from uint8 or [0, 1] floats alike."""
+    from ebjdat.sampling import fit_class_gaussians
+
+    g = torch.Generator().manual_seed(0)
+    x8 = torch.randint(0, 256, (60, 1, 2, 2), dtype=torch.uint8, generator=g)
+    labels = torch.arange(60) % 3
+    want = ClassGaussians().fit(x8.float() / 255 * 2 - 1, labels, 3)
+    for images in (x8, x8.float() / 255):
+        got = fit_class_gaussians(images, labels, 3)
+        assert got.shape == (1, 2, 2)
+        torch.testing.assert_close(got.means, want.means)
+        torch.testing.assert_close(got.scale_tril, want.scale_tril)
+
+
 def test_sync_free_gaussian_draw_equals_the_grouped_one() -> None:
     """The draw CUDA uses for random classes (every row through every class, no host sync)
     gives the grouped draw's numbers; both are exercised here on CPU."""

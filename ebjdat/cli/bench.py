@@ -31,6 +31,7 @@ from .common import (
     check_backends,
     check_output_dir,
     check_range,
+    device_from,
     one_line,
     report_error,
 )
@@ -49,25 +50,6 @@ class CommandParser(Parser):
         command = self.prog.removeprefix(PROG).strip()
         print(f"{PROG}: error: {command}: {one_line(message)} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch.device for `name`, checked to exist here (the ops run on cpu and cuda)."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise UsageError(f"unknown device {name!r} ({err}); use cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise UsageError(f"device type {device.type!r} is not supported; use cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise UsageError(f"{name!r} requested but no CUDA GPU is available to this torch")
-    count = torch.cuda.device_count()
-    if device.index is not None and device.index >= count:
-        raise UsageError(f"{name!r} requested but only {count} CUDA device(s) are visible")
-    index = torch.cuda.current_device() if device.index is None else device.index
-    return torch.device("cuda", index)
 
 
 def _json_path(value: str | None) -> Path | None:
@@ -159,7 +141,7 @@ def run_ops(args: argparse.Namespace) -> int:
 
     check_range("--min-run-time", args.min_run_time, low=0.0, low_open=True)
     check_range("--threads", args.threads, low=1)
-    device = resolve_device(args.device)
+    device = device_from(args.device)
     check_backends(device)
     json_path = _json_path(args.json)
     if args.threads is not None:
@@ -234,7 +216,7 @@ def run_step(args: argparse.Namespace) -> int:
     from ebjdat.benchmarks import machine_info
     from ebjdat.benchmarks import step as bench_step
 
-    device = resolve_device(args.device)
+    device = device_from(args.device)
     check_backends(device)
     json_path = _json_path(args.json)
     if args.batch < 2:

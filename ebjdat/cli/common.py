@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 
 import torch
 
+from ebjdat.checks import range_problem
+
 EXIT_USAGE = 2
 
 
@@ -43,22 +45,28 @@ def report_error(prog: str, err: BaseException) -> int:
 
 
 def device_from(name: str | None, local_rank: int = 0) -> torch.device:
-    """--device (default: cuda when available, else cpu), checked; a bare "cuda" means this
-    process's GPU under torchrun (local_rank)."""
+    """--device (default: cuda when available, else cpu), checked to exist here; a bare "cuda"
+    means this process's GPU under torchrun (local_rank)."""
     if name is None:
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device(
             "cpu"
         )
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r} is not a device ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is visible")
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(
+            f"--device: unknown device {name!r} ({err}); use cpu, cuda or cuda:N"
+        ) from None
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return device
 
 
@@ -84,10 +92,6 @@ def check_backends(device: torch.device) -> None:
             raise UsageError(one_line(err)) from None
 
 
-# torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; the CLIs take seeds >= 0.
-MAX_TORCH_SEED = 2**64 - 1
-
-
 def check_range(
     flag: str,
     value: float | None,
@@ -98,33 +102,7 @@ def check_range(
     high_open: bool = False,
 ) -> None:
     """UsageError naming `flag` unless `value` is None (not given) or a finite number within
-    [low, high] (open ends with low_open / high_open): argparse's float() accepts nan and inf,
-    which would otherwise fail late, deep inside a computation."""
-    import math
-
-    if value is None:
-        return
-    inside = (
-        (isinstance(value, int) or math.isfinite(value))
-        and (low is None or (value > low if low_open else value >= low))
-        and (high is None or (value < high if high_open else value <= high))
-    )
-    if inside:
-        return
-
-    def fmt(v: float) -> str:
-        return f"{v:g}" if isinstance(v, float) else str(v)
-
-    if low is not None and high is not None:
-        cond = f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}{')' if high_open else ']'}"
-    elif low is not None:
-        cond = f"{'>' if low_open else '>='} {fmt(low)}"
-    elif high is not None:
-        cond = f"{'<' if high_open else '<='} {fmt(high)}"
-    else:
-        cond = ""
-    if isinstance(value, float):
-        want = f"a finite number {cond}".rstrip()
-    else:
-        want = f"an integer {cond}" if cond.startswith("in") else cond
-    raise UsageError(f"{flag} must be {want}, got {fmt(value)}")
+    [low, high] (open ends with low_open / high_open); worded as the library's settings checks."""
+    problem = range_problem(value, low=low, high=high, low_open=low_open, high_open=high_open)
+    if problem is not None:
+        raise UsageError(f"{flag} {problem}")

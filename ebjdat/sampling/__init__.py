@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .buffer import ReplayBuffer
-from .gaussians import ClassGaussians
+from .gaussians import ClassGaussians, fit_class_gaussians
 from .sgld import SGLDSampler, log_density_grad, model_mode, sgld
 
 __all__ = [
     "ClassGaussians",
     "ReplayBuffer",
     "SGLDSampler",
+    "fit_class_gaussians",
     "log_density_grad",
     "model_mode",
     "sgld",

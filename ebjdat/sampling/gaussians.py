@@ -165,3 +165,15 @@ class ClassGaussians:
             raise ValueError(f"state: shape {shape} does not have {means.shape[1]} elements")
         self.means, self.scale_tril, self.shape = means, tril.to(means.device), shape
         self.jitter = float(state["jitter"])
+
+
+def fit_class_gaussians(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, jitter: float = 1e-4
+) -> ClassGaussians:
+    """The class Gaussians of a training split given as uint8 or [0, 1] float images [N, C, H,
+    W]: converted to the model's internal [-1, 1] units here, so that training, evaluation and
+    sampling all fit the same Gaussians from the same pixels."""
+    from ebjdat.data import to_float01
+    from ebjdat.models.jem import JEM
+
+    return ClassGaussians().fit(JEM.to_internal(to_float01(images)), labels, num_classes, jitter)

@@ -32,7 +32,7 @@ from ebjdat.data import Augment, TensorLoader, to_float01
 from ebjdat.eval.robustness import clean_accuracy
 from ebjdat.files import write_text_atomic
 from ebjdat.models import JEM, Classifier, EnergyModel, frozen_bn_stats
-from ebjdat.sampling import ClassGaussians, ReplayBuffer, sgld
+from ebjdat.sampling import ReplayBuffer, fit_class_gaussians, sgld
 
 from . import rundir
 from .build import energy_model, load_named, resolve_config, user_data
@@ -230,10 +230,7 @@ class Trainer:
             s = self.cfg.sgld
             gaussians = None
             if s.init == "gaussian":
-                images = JEM.to_internal(
-                    to_float01(train_x)
-                )
-                gaussians = ClassGaussians().fit(images, train_y, self.num_classes)
+                gaussians = fit_class_gaussians(train_x, train_y, self.num_classes)
             self.buffer = ReplayBuffer(
                 s.buffer_size,
                 self.image_shape,

@@ -1,0 +1,551 @@
+"""One checkpoint's evaluation in standard units, callable from Python: accuracy and robustness,
+calibration, OOD detection, generation and the energy landscape, written to OUT/report.json,
+OUT/report.html (one self-contained page) and the PNG figures.
+
+Evaluated on the TEST split of the checkpoint's dataset (the first `limit` examples). A metric
+that was not run is absent from the report, never 0. A model whose weights or outputs are not
+finite is still evaluated: what can be computed is reported (a prediction from non-finite logits
+counts as wrong), every metric that cannot be is left out with a note saying why, and the
+report opens with a warning.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ebjdat.checks import MAX_TORCH_SEED, SettingsError, check_setting
+
+from .checkpoints import (
+    data_root,
+    default_out,
+    image_shape,
+    image_size,
+    load_checkpoint,
+    non_finite_weights,
+    pick_device,
+    replay_buffer,
+    train_images,
+)
+from .fresh_samples import SamplerOverrides, sample_with, save_grid
+
+ATTACK = re.compile(r"^(pgd\d+|autoattack)$")
+# Each section seeds its own generator with seed * 1000 + offset (offsets 1..4).
+_SEED_STRIDE, _SEED_OFFSETS = 1000, 4
+MAX_SEED = (MAX_TORCH_SEED - _SEED_OFFSETS) // _SEED_STRIDE
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What evaluate_checkpoint measures and where it writes. protocol "standard": eps in [0, 1]
+    pixel units and unmodified attacks (the numbers to cite); "paper": the official code's
+    units, test-time noise and reduced AutoAttack, labelled so in the report."""
+
+    protocol: str = "standard"  # "standard" or "paper"
+    attacks: tuple[str, ...] = ("pgd20", "autoattack")  # pgdK (any K >= 1), autoattack; () none
+    eps: float | None = None  # [0, 1] pixel units; None: 8/255 Linf or 0.5 L2, 0.1 Linf on digits
+    norm: str = "linf"  # "linf" or "l2"
+    limit: int | None = None  # the first `limit` test examples only
+    sanity: bool = True  # the gradient-masking sanity checks (several extra PGD runs)
+    generation: bool = True  # fresh SGLD samples and the generation metrics
+    ood: bool = True  # OOD detection
+    gen_n: int = 1000  # fresh samples for the generation metrics
+    gen_sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
+    buffer_ratio: float = 0.9  # the official buffer-FID selection: top R per predicted class
+    seed: int = 0  # attacks, OOD sets and sampling
+    batch_size: int = 500
+    data_root: str | Path | None = None  # None: the checkpoint's, $EBJDAT_DATA or ./data
+    progress: bool = True  # progress bars
+    out: str | Path | None = None  # None: RUN/eval next to the checkpoint
+
+    def attack_names(self) -> list[str]:
+        return [a.lower() for a in self.attacks]
+
+    def validate(self) -> EvalSettings:
+        """SettingsError naming the field, before anything is loaded (a bad value fails here,
+        not after an hour); returns self."""
+        if self.protocol not in ("standard", "paper"):
+            raise SettingsError(
+                "protocol", f"must be 'standard' or 'paper', got {self.protocol!r}"
+            )
+        if self.norm not in ("linf", "l2"):
+            raise SettingsError("norm", f"must be 'linf' or 'l2', got {self.norm!r}")
+        if isinstance(self.attacks, str):
+            raise SettingsError(
+                "attacks", f"must be a sequence of names, e.g. ({self.attacks!r},), not a string"
+            )
+        attacks = self.attack_names()
+        bad = [a for a in attacks if not ATTACK.match(a)]
+        if bad:
+            raise SettingsError(
+                "attacks",
+                f"holds an unknown attack {bad[0]!r}; use pgdK (e.g. pgd20) or autoattack",
+            )
+        zero = [a for a in attacks if a.startswith("pgd") and int(a[3:]) < 1]
+        if zero:
+            raise SettingsError("attacks", f"{zero[0]}: PGD needs at least 1 step (e.g. pgd20)")
+        if "autoattack" in attacks and importlib.util.find_spec("torchattacks") is None:
+            raise SettingsError(
+                "attacks",
+                "autoattack needs torchattacks, which is not installed (pip install "
+                "--no-build-isolation -e '.[eval]'), or leave it out: ('pgd20',)",
+            )
+        # Pixel units: an L-inf ball of radius 1 already holds every image.
+        eps_max = 1.0 if self.norm == "linf" else None
+        check_setting("eps", self.eps, low=0.0, low_open=True, high=eps_max)
+        check_setting("limit", self.limit, low=1)
+        check_setting("gen_n", self.gen_n, low=2)
+        self.gen_sampler.validate("gen_sampler.")
+        check_setting("buffer_ratio", self.buffer_ratio, low=0.0, low_open=True, high=1.0)
+        check_setting("seed", self.seed, low=0, high=MAX_SEED)
+        check_setting("batch_size", self.batch_size, low=1)
+        return self
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    settings: EvalSettings | None = None,
+    device: str | torch.device | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluates the checkpoint at `path` and writes OUT/report.json, OUT/report.html and the
+    figures (OUT = settings.out, else RUN/eval next to the checkpoint); returns the report.
+
+    SettingsError, CheckpointError or DatasetNotFoundError come before anything is computed or
+    written. `device` defaults to cuda when available; `log` receives one line per stage.
+    """
+    from ebjdat.files import unwritable_reason
+
+    settings = (settings or EvalSettings()).validate()
+    out = Path(settings.out) if settings.out else default_out(path, "eval")
+    reason = unwritable_reason(out)
+    if reason is not None:
+        raise SettingsError("out", f"{out}: {reason}")
+    evaluation = Evaluation(path, settings, pick_device(device), out, log=log)
+    evaluation.run()
+    return evaluation.report
+
+
+class Evaluation:
+    """One evaluation of one checkpoint: the model, its data and the report being filled in.
+    evaluate_checkpoint is the one-call form; this class lets a caller run sections alone."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        settings: EvalSettings,
+        device: torch.device,
+        out: Path,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """Loads everything a section needs (checkpoint, test split, train split when sampling),
+        so that a missing file fails here, before the output directory is touched."""
+        from ebjdat.data import dataset_info, load_split_tensors, to_float01
+
+        from .robustness import default_eps
+
+        s = settings.validate()
+        self.checkpoint = checkpoint
+        self.settings = s
+        self.attacks = s.attack_names()
+        self.progress = s.progress
+        self.log = log or (lambda message: None)
+        self.device = device
+        self.model, self.state, self.cfg = load_checkpoint(checkpoint, self.device)
+        self.dataset = self.cfg.data.dataset
+        self.root = data_root(self.cfg, s.data_root)
+        size = image_size(self.cfg)
+        self.info = dataset_info(self.dataset, self.root, image_size=size)
+        need = 3 if s.protocol == "paper" else 4
+        if "autoattack" in self.attacks and self.info.num_classes < need:
+            raise SettingsError(
+                "attacks",
+                f"autoattack needs at least {need} classes ({self.dataset} has "
+                f"{self.info.num_classes}); use pgdK",
+            )
+        x, y = load_split_tensors(self.dataset, "test", self.root, self.cfg.data.download, size)
+        self.x_test_full = x
+        n = len(x) if s.limit is None else min(s.limit, len(x))
+        self.x, self.y = to_float01(x[:n]), y[:n].long()
+        self.eps_requested = s.eps if s.eps is not None else default_eps(self.dataset, s.norm)
+        self.out = out
+        self.figures: dict[str, Path] = {}
+        self.energies: dict[str, torch.Tensor] = {}
+        self._train: tuple[torch.Tensor, torch.Tensor] | None = None
+        if s.generation:
+            self.train_split()
+        import ebjdat
+
+        progress = self.state.get("progress") if isinstance(self.state, dict) else None
+        self.report: dict[str, Any] = {
+            "checkpoint": str(checkpoint),
+            "dataset": self.dataset,
+            "preset": self.cfg.preset,
+            "epoch": progress.get("epoch") if isinstance(progress, dict) else None,
+            "protocol": s.protocol,
+            "norm": s.norm,
+            "n_examples": int(n),
+            "split": "test",
+            "ebjdat_version": ebjdat.__version__,
+            "device": str(self.device),
+            "seed": s.seed,
+            "warnings": [],
+            "notes": [],
+            "settings": {},
+            "timings": {},
+        }
+        if self.report["epoch"] is None:
+            del self.report["epoch"]
+        bad, total = non_finite_weights(self.model)
+        self.report["weights_finite"] = not bad
+        if bad:
+            self.report["warnings"].append(
+                f"the checkpoint's weights are not finite: {len(bad)} of {total} tensors hold "
+                f"NaN or Inf (first: {bad[0]}); the model's outputs are not usable, and every "
+                "metric that depends on finite outputs is marked not computable"
+            )
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def generator(self, offset: int) -> torch.Generator:
+        """A fresh generator per section, so a section's numbers do not depend on which other
+        sections ran."""
+        return torch.Generator(self.device).manual_seed(self.settings.seed * _SEED_STRIDE + offset)
+
+    def train_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._train is None:
+            self._train = train_images(self.cfg, self.root)
+        return self._train
+
+    def batches(self, n: int, desc: str) -> Any:
+        from tqdm import tqdm
+
+        bs = self.settings.batch_size
+        return tqdm(
+            range(0, n, bs),
+            desc=desc,
+            unit="batch",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+
+    @torch.no_grad()
+    def energy_of(self, x01: torch.Tensor, desc: str) -> torch.Tensor:
+        bs = self.settings.batch_size
+        return torch.cat(
+            [
+                self.model.energies(x01[i : i + bs].to(self.device)).energy.float().cpu()
+                for i in self.batches(len(x01), desc)
+            ]
+        )
+
+    def stage(self, name: str, fn: Callable[[], None]) -> None:
+        self.log(f"{name} ...")
+        start = time.perf_counter()
+        fn()
+        self.report["timings"][name] = round(time.perf_counter() - start, 2)
+
+    # ---- sections ---------------------------------------------------------------------------
+
+    def robustness(self) -> None:
+        from .robustness import evaluate_robustness
+
+        result = evaluate_robustness(
+            self.model,
+            self.x,
+            self.y,
+            protocol=self.settings.protocol,
+            eps=self.eps_requested,
+            norm=self.settings.norm,
+            attacks=tuple(self.attacks),
+            n_classes=self.info.num_classes,
+            generator=self.generator(1),
+            batch_size=self.settings.batch_size,
+            seed=self.settings.seed,
+            sanity=self.settings.sanity and bool(self.attacks),
+        )
+        self.report["warnings"].extend(result.pop("sanity_warnings", []))
+        if "sanity" in result:
+            self.report["sanity"] = result.pop("sanity")
+        self.report.update(result)
+        n = self.report["n_examples"]
+        if n < 100:
+            se = 0.5 / n**0.5
+            self.report["warnings"].append(
+                f"only {n} test examples: accuracies carry a standard error of up to "
+                f"{100 * se:.1f} points"
+            )
+
+    def calibration(self) -> None:
+        from .calibration import expected_calibration_error, reliability_diagram
+
+        bs = self.settings.batch_size
+        with torch.no_grad():
+            probs = torch.cat(
+                [
+                    torch.softmax(self.model(self.x[i : i + bs].to(self.device)).float(), 1).cpu()
+                    for i in self.batches(len(self.x), "calibration")
+                ]
+            )
+        bad = int((~torch.isfinite(probs).all(dim=1)).sum())
+        if bad:
+            if self.report["weights_finite"]:
+                self.report["warnings"].append(
+                    f"{bad} of {len(probs)} test images give non-finite logits: they count as "
+                    "misclassified in every accuracy"
+                )
+            self.report["notes"].append(
+                f"ECE not computable: {bad} of {len(probs)} predicted probability vectors are "
+                "not finite (no reliability diagram)"
+            )
+            return
+        self.report["ece"] = expected_calibration_error(probs, self.y)
+        path = self.out / "reliability.png"
+        reliability_diagram(probs, self.y, path, title=f"{self.dataset} test")
+        self.figures["reliability"] = path
+
+    def ood(self) -> None:
+        from .ood import ood_auroc, ood_sets_for
+
+        found = ood_sets_for(self.dataset, self.root, len(self.x), self.generator(2), x=self.x)
+        sets, skipped = found["sets"], found["skipped"]
+        for name, reason in skipped.items():
+            self.report["notes"].append(f"OOD set {name} skipped: {reason}")
+        if not sets:
+            self.report["notes"].append("no OOD sets available: OOD AUROC not computed")
+            return
+        from .ood import SCORES
+
+        result = ood_auroc(self.model, self.x, sets, batch_size=self.settings.batch_size)
+        for score in SCORES:
+            lost = [name for name, r in result.items() if score not in r]
+            if lost:
+                where = f"all {len(lost)} sets" if len(lost) == len(result) else ", ".join(lost)
+                what = "OOD AUROC" if score == "log_px" else f"OOD AUROC of {score}"
+                self.report["notes"].append(
+                    f"{what} not computable: the model's scores are not finite ({score} on "
+                    f"{where})"
+                )
+        self.report["settings"]["ood"] = {
+            "sets": sorted(sets),
+            "summary": "ood_auroc = AUROC of log p(x) averaged over the sets",
+        }
+        if any(result.values()):
+            self.report["ood"] = {name: r for name, r in result.items() if r}
+        if all("log_px" in r for r in result.values()):
+            self.report["ood_auroc"] = sum(r["log_px"] for r in result.values()) / len(result)
+
+    def generation(self) -> None:
+        from ebjdat.sampling import fit_class_gaussians
+
+        from .generation import grid_rows
+
+        s = self.settings
+        settings = s.gen_sampler.resolve(self.cfg)
+        k = self.info.num_classes
+        gaussians = None
+        if settings["start"] == "class":
+            gaussians = fit_class_gaussians(*self.train_split(), k)
+        shape = None if gaussians is not None else image_shape(self.state, self.cfg, self.root)
+        start = time.perf_counter()
+        x_gen, labels = sample_with(
+            self.model, s.gen_n, settings, gaussians=gaussians, shape=shape,
+            generator=self.generator(3), batch_size=s.batch_size, progress=self.progress,
+        )
+        self.report["settings"]["generation"] = {
+            **settings,
+            "n": s.gen_n,
+            "seed": s.seed,
+            "sampling_time_s": round(time.perf_counter() - start, 2),
+        }
+        self.report["n_generated"] = int(len(x_gen))
+        bad = int((~torch.isfinite(x_gen.flatten(1)).all(dim=1)).sum())
+        if bad:
+            self.report["n_generated_non_finite"] = bad
+            self.report["notes"].append(
+                f"{bad} of {len(x_gen)} fresh samples are not finite (drawn black in the grid)"
+            )
+        shown = torch.nan_to_num(x_gen[: min(len(x_gen), 100)], nan=0.0)
+        nrow = k if labels is not None and k <= 20 else grid_rows(len(shown))
+        self.figures["samples"] = save_grid(shown, self.out / "samples.png", nrow)
+        self.energies["generated"] = self.energy_of(x_gen, "energies (generated)")
+        self._generation_metrics(x_gen, bad)
+
+    def _generation_metrics(self, x_gen: torch.Tensor, bad: int) -> None:
+        """The sample metrics; those of non-finite samples are noted as not computable, while
+        the ones that do not depend on the model (the real test split's distance) still run."""
+        from ebjdat.data import to_float01
+
+        from .generation import (
+            InceptionUnavailable,
+            buffer_samples_official,
+            fid_digits,
+            grid_rows,
+            inception_extractor,
+            inception_metrics,
+        )
+
+        x_train, _ = self.train_split()
+        buf = replay_buffer(self.state)
+        x_buf = None
+        if buf is None:
+            self.report["notes"].append(
+                "the checkpoint holds no replay buffer (no generative term): buffer FID not "
+                "computed"
+            )
+        else:
+            s = self.settings
+            try:
+                x_buf = buffer_samples_official(
+                    self.model, buf.to(self.device), s.buffer_ratio, s.batch_size
+                )
+            except ValueError as err:
+                self.report["notes"].append(f"buffer FID not computable: {err}")
+            else:
+                self.report["n_buffer_selected"] = int(len(x_buf))
+                shown = x_buf[: min(len(x_buf), 100)]
+                self.figures["buffer_samples"] = save_grid(
+                    shown, self.out / "buffer_samples.png", grid_rows(len(shown))
+                )
+        ref = f"{self.dataset} train split ({len(x_train)} images)"
+        not_finite = f"{bad} of {len(x_gen)} fresh samples are not finite"
+        if self.dataset == "digits":
+            if bad:
+                self.report["notes"].append(f"fid_digits not computable: {not_finite}")
+            else:
+                self.report["fid_digits"] = fid_digits(x_gen, x_train)
+            self.report["fid_digits_test_split"] = fid_digits(to_float01(self.x_test_full), x_train)
+            if x_buf is not None and len(x_buf) >= 2:
+                self.report["buffer_fid_digits"] = fid_digits(x_buf, x_train)
+            self.report["settings"]["fid_digits"] = {
+                "reference": ref,
+                "features": "64-d penultimate layer of a small CNN trained deterministically "
+                "on the digits train split (not Inception)",
+            }
+            if len(x_gen) < 200 and not bad:
+                self.report["warnings"].append(
+                    f"fid_digits from only {len(x_gen)} samples is biased upward; use "
+                    "--gen-n 1000 for numbers to compare"
+                )
+            return
+        try:
+            net = inception_extractor(self.device)
+        except InceptionUnavailable as err:
+            self.report["notes"].append(str(err))
+            return
+        if bad:
+            self.report["notes"].append(f"FID, IS and KID not computable: {not_finite}")
+        else:
+            self.report.update(
+                inception_metrics(
+                    x_gen, x_train, device=self.device, extractor=net, progress=self.progress
+                )
+            )
+        if x_buf is not None:
+            b = inception_metrics(
+                x_buf, x_train, kid=False, device=self.device, extractor=net, progress=self.progress
+            )
+            self.report["buffer_fid"] = b["fid"]
+            self.report["buffer_inception_score"] = b["inception_score"]
+        self.report["settings"]["inception"] = {
+            "reference": ref,
+            "extractor": "torch-fidelity InceptionV3 (2048-d pool features, uint8 inputs)",
+        }
+
+    def energies_figure(self) -> None:
+        from ebjdat.attacks import pgd_attack
+
+        from .energy import energy_gaps, energy_histogram
+
+        eps = float(self.report.get("eps", self.eps_requested))
+        steps = 20
+        step = 2.5 * eps / steps
+        gen = self.generator(4)
+        bs = self.settings.batch_size
+        self.energies["clean"] = self.energy_of(self.x, "energies (clean)")
+        adv = []
+        for i in self.batches(len(self.x), "energies (PGD-20)"):
+            xb, yb = self.x[i : i + bs].to(self.device), self.y[i : i + bs].to(self.device)
+            adv.append(
+                pgd_attack(
+                    self.model,
+                    xb,
+                    yb,
+                    eps=eps,
+                    step_size=step,
+                    steps=steps,
+                    norm=self.settings.norm,
+                    generator=gen,
+                ).cpu()
+            )
+        self.energies["adversarial"] = self.energy_of(torch.cat(adv), "energies (adversarial)")
+        order = {}
+        for k in ("clean", "adversarial", "generated"):
+            if k not in self.energies:
+                continue
+            e = self.energies[k]
+            bad = int((~torch.isfinite(e)).sum())
+            if bad == len(e):
+                self.report["notes"].append(
+                    f"energies of the {k} set not computable: none of its {len(e)} energies is "
+                    "finite"
+                )
+                continue
+            if bad:
+                self.report["notes"].append(
+                    f"{bad} of {len(e)} {k} energies are not finite: left out of the histogram, "
+                    "the means and the gaps"
+                )
+            order[k] = e
+        self.report["settings"]["energy"] = {
+            "energy": "E(x) = -logsumexp_y f(x)[y] on [0,1] images, no test-time noise",
+            "adversarial": f"untargeted PGD-{steps} on CE, {self.settings.norm} eps={eps:.6g} "
+            f"(pixel units), step {step:.4g}, random start, all test examples",
+            "generated": "the fresh SGLD samples of the generation section",
+        }
+        if not order:
+            self.report["notes"].append("energy histogram not drawn: no energy is finite")
+            return
+        self.report.update(energy_gaps(order))
+        title = f"Energy landscape: {self.cfg.preset} on {self.dataset} (test split)"
+        labels = {
+            "clean": "clean test images",
+            "adversarial": f"PGD-{steps} adversarial ({self.settings.norm}, ε={eps:.3g})",
+        }
+        if "generated" in order:
+            n_steps = self.report["settings"]["generation"]["steps"]
+            labels["generated"] = f"fresh SGLD samples ({n_steps} steps)"
+        self.figures["energy"] = energy_histogram(
+            self.out / "energy_histogram.png", order, title, labels=labels
+        )
+
+    def run(self) -> tuple[Path, Path]:
+        """Every section the settings ask for, then OUT/report.json and OUT/report.html;
+        returns their paths."""
+        from .report import write_report
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log(
+            f"{self.checkpoint} on {self.dataset} test "
+            f"({self.report['n_examples']} examples, {self.settings.protocol} protocol, "
+            f"{self.device}) -> {self.out}"
+        )
+        self.stage("robustness", self.robustness)
+        self.stage("calibration", self.calibration)
+        if self.settings.ood:
+            self.stage("ood", self.ood)
+        if self.settings.generation:
+            self.stage("generation", self.generation)
+        self.stage("energies", self.energies_figure)
+        return write_report(self.out, self.report, self.figures)
+
+

@@ -1,0 +1,224 @@
+"""Fresh SGLD samples of a trained checkpoint, with the checkpoint's own sampler settings unless
+overridden. Unlike the replay buffer stored in the checkpoint, these samples are new: they show
+what the model generates from scratch (ebjdat-sample, and the generation section of
+ebjdat-eval)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ebjdat.checks import MAX_TORCH_SEED, SettingsError, check_setting
+
+from .checkpoints import (
+    data_root,
+    default_out,
+    image_shape,
+    load_checkpoint,
+    non_finite_weights,
+    pick_device,
+    train_gaussians,
+)
+
+
+class FromConfig(enum.Enum):
+    """The type of FROM_CONFIG (an enum member survives copies and pickling as itself)."""
+
+    FROM_CONFIG = "from the checkpoint's config"
+
+
+# "Not given: take the checkpoint's value", where None already means "no value" (no clip).
+FROM_CONFIG = FromConfig.FROM_CONFIG
+
+
+@dataclass(frozen=True)
+class SamplerOverrides:
+    """SGLD settings that replace the checkpoint's [sgld] ones; None (grad_clip: FROM_CONFIG)
+    keeps the checkpoint's value, and steps defaults to 100."""
+
+    start: str | None = None  # "noise" (U(-1, 1)) or "class" (the training split's Gaussians)
+    steps: int | None = None
+    step_size: float | None = None
+    noise_std: float | None = None
+    grad_clip: float | None | FromConfig = FROM_CONFIG  # None: no clipping
+    bn_train: bool | None = None
+    conditional: bool = False  # sample p(x, y) for the start labels instead of p(x)
+
+    def validate(self, prefix: str = "") -> SamplerOverrides:
+        """SettingsError naming `prefix` + the field; returns self."""
+        if self.start not in (None, "noise", "class"):
+            raise SettingsError(f"{prefix}start", f"must be 'noise' or 'class', got {self.start!r}")
+        check_setting(f"{prefix}steps", self.steps, low=0)
+        check_setting(f"{prefix}step_size", self.step_size, low=0.0)
+        check_setting(f"{prefix}noise_std", self.noise_std, low=0.0)
+        if self.grad_clip is not FROM_CONFIG:
+            check_setting(f"{prefix}grad_clip", self.grad_clip, low=0.0, low_open=True)
+        return self
+
+    def resolve(self, cfg: Any) -> dict[str, Any]:
+        """The settings to sample with: these overrides over the checkpoint's [sgld] section."""
+        s = cfg.sgld
+        return {
+            "start": self.start or ("class" if s.init == "gaussian" else "noise"),
+            "steps": 100 if self.steps is None else self.steps,
+            "step_size": s.step_size if self.step_size is None else self.step_size,
+            "noise_std": s.noise_std if self.noise_std is None else self.noise_std,
+            "grad_clip": s.grad_clip if self.grad_clip is FROM_CONFIG else self.grad_clip,
+            "clamp": bool(s.clamp),
+            "bn_train": bool(s.bn_train) if self.bn_train is None else self.bn_train,
+            "conditional": bool(self.conditional),
+            "units": "internal [-1, 1] images (as the training sampler)",
+        }
+
+
+def sample_with(
+    model: Any,
+    n: int,
+    settings: dict[str, Any],
+    *,
+    gaussians: Any,
+    shape: tuple[int, ...] | None,
+    generator: torch.Generator,
+    batch_size: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fresh samples with resolved sampler settings (SamplerOverrides.resolve), and their
+    labels: class-balanced when the start or the chain is class-conditional, else None."""
+    from .generation import draw_samples
+
+    labels = (
+        torch.arange(n) % model.num_classes
+        if settings["start"] == "class" or settings["conditional"]
+        else None
+    )
+    keys = ("start", "steps", "step_size", "noise_std", "grad_clip", "clamp", "bn_train",
+            "conditional")
+    x = draw_samples(
+        model, n, gaussians=gaussians, labels=labels, shape=shape, generator=generator,
+        batch_size=batch_size, progress=progress, **{k: settings[k] for k in keys},
+    )
+    return x, labels
+
+
+def save_grid(x01: torch.Tensor, path: Path, nrow: int) -> Path:
+    """[0, 1] images as one PNG grid, `nrow` images per row."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(x01, path, nrow=nrow, padding=1, pad_value=1.0)
+    return path
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """What sample_checkpoint draws and writes; out None: RUN/fresh_samples next to the
+    checkpoint, data_root None: the checkpoint's."""
+
+    n: int = 64
+    sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
+    seed: int = 0
+    batch_size: int = 500
+    npz: bool = False  # also write OUT/samples.npz
+    data_root: str | Path | None = None
+    progress: bool = True
+    out: str | Path | None = None
+
+    def validate(self) -> SampleSettings:
+        """SettingsError naming the field, before anything is loaded; returns self."""
+        check_setting("n", self.n, low=1)
+        self.sampler.validate("sampler.")
+        check_setting("seed", self.seed, low=0, high=MAX_TORCH_SEED)
+        check_setting("batch_size", self.batch_size, low=1)
+        return self
+
+
+def sample_checkpoint(
+    path: str | Path, settings: SampleSettings, device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """Draws settings.n fresh samples from the checkpoint at `path` and writes OUT/samples.png
+    (class starts: one class per column), OUT/samples.json (the returned record of every
+    setting) and, with settings.npz, OUT/samples.npz ([0, 1] samples, start labels, predicted
+    labels, energies). CheckpointError / DatasetNotFoundError / SettingsError come before any
+    sampling."""
+    from ebjdat import ops
+
+    settings.validate()
+    device = pick_device(device)
+    out = Path(settings.out) if settings.out else default_out(path, "fresh_samples")
+    model, state, cfg = load_checkpoint(path, device)
+    sampler = settings.sampler.resolve(cfg)
+    root = data_root(cfg, settings.data_root)
+    gaussians = (
+        train_gaussians(cfg, root, model.num_classes) if sampler["start"] == "class" else None
+    )
+    shape = None if gaussians is not None else image_shape(state, cfg, root)
+
+    n = settings.n
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    start = time.perf_counter()
+    x, labels = sample_with(
+        model, n, sampler, gaussians=gaussians, shape=shape, generator=generator,
+        batch_size=settings.batch_size, progress=settings.progress,
+    )
+    elapsed = time.perf_counter() - start
+    with torch.no_grad():
+        xs = x.to(device)
+        logits = torch.cat([model(xs[i : i + 500]) for i in range(0, len(xs), 500)])
+        energy = ops.energy_head(logits).energy.cpu()
+        pred = logits.argmax(dim=1).cpu()
+    nrow = (
+        model.num_classes
+        if labels is not None and model.num_classes <= 20
+        else max(1, math.ceil(math.sqrt(n)))
+    )
+    files = {"grid": str(save_grid(x, out / "samples.png", nrow))}
+    if settings.npz:
+        import numpy as np
+
+        np.savez_compressed(
+            out / "samples.npz",
+            samples=x.numpy().astype(np.float32),
+            start_labels=(labels if labels is not None else torch.full((n,), -1)).numpy(),
+            predicted=pred.numpy(),
+            energy=energy.numpy(),
+        )
+        files["npz"] = str(out / "samples.npz")
+    finite = torch.isfinite(energy)
+    bad, _ = non_finite_weights(model)
+    warnings = []
+    if bad:
+        warnings.append(f"the checkpoint's weights are not finite ({bad[0]} and others)")
+    if not bool(finite.all()):
+        warnings.append(
+            f"{int((~finite).sum())} of {len(energy)} samples have a non-finite energy; "
+            "energy_mean is over the finite ones"
+        )
+    record = {
+        "checkpoint": str(path),
+        "dataset": cfg.data.dataset,
+        "preset": cfg.preset,
+        "n": n,
+        **sampler,
+        "seed": settings.seed,
+        "device": str(device),
+        "batch_size": settings.batch_size,
+        "grid_columns": nrow,
+        "grid_layout": "one class per column"
+        if nrow == model.num_classes and labels is not None
+        else "row-major",
+        "time_s": round(elapsed, 3),
+        "predicted_class_counts": torch.bincount(pred, minlength=model.num_classes).tolist(),
+        "files": files,
+        "warnings": warnings,
+    }
+    if bool(finite.any()):
+        record["energy_mean"] = float(energy[finite].mean())
+    (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
