@@ -253,3 +253,26 @@ def test_command_line_refuses_a_run_on_user_data(digits, tmp_path, capsys) -> No
     assert eval_cli.run([str(tmp_path / "run/checkpoints/last.pt"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained on data passed to ebjdat.fit" in err[0], err
+
+
+def test_ebjdat_eval_runs_on_a_user_model_trained_on_a_named_dataset(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A user classifier with a builder, trained on the config's dataset: ebjdat-eval rebuilds it
+    from the checkpoint and reports on the test split."""
+    import json
+
+    from ebjdat.cli import eval as eval_cli
+
+    torch.manual_seed(0)
+    ebjdat.fit(
+        DigitsCNN(), None, config={**TINY, "train.epochs": 1}, out_dir=tmp_path / "run",
+        device="cpu", progress_bar=False, log=lambda m: None,
+    )  # fmt: skip
+    out = tmp_path / "eval"
+    code = eval_cli.run(
+        [str(tmp_path / "run/checkpoints/best.pt"), "--out", str(out), "--limit", "32",
+         "--attacks", "pgd5", "--no-sanity", "--no-ood", "--gen-n", "8", "--gen-steps", "2",
+         "--no-progress", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert 0 <= report["pgd5_acc"] <= report["clean_acc"] <= 1 and report["n_examples"] == 32
