@@ -73,7 +73,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[Any, dict[s
         # that dataset would be a silent wrong answer.
         raise CheckpointError(
             f"checkpoint {path} was trained on data passed to ebjdat.fit, which the command line "
-            "cannot load by name; evaluate it from Python on that data"
+            "cannot load by name; evaluate ebjdat.load_classifier(path) on that data from "
+            "Python (e.g. with ebjdat.pgd_attack)"
         )
     model = model_from_state(state, str(path)).to(device).eval()
     return model, state, cfg
