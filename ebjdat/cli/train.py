@@ -8,6 +8,7 @@ buffer per process, with rank 0 writing checkpoints and logs.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import gc
 import os
@@ -162,8 +163,9 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
             )
 
 
-def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - Config
-    """The run's config from its last checkpoint, with the safe changes the flags ask for."""
+def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - (Config, loaded)
+    """The run's config from its last checkpoint, with the safe changes the flags ask for, and
+    the checkpoint as loaded (state, saved config), for Trainer.resume."""
     from ebjdat.files import unwritable_reason
     from ebjdat.train.config import apply, override
     from ebjdat.train.trainer import load_training
@@ -175,12 +177,13 @@ def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - Confi
         reason = unwritable_reason(place)
         if reason is not None:
             raise UsageError(f"--resume: {reason}")
-    _, cfg = load_training(last)
+    state, saved = load_training(last)
+    cfg = copy.deepcopy(saved)
     for section, values in _flag_values(args).items():
         apply(cfg, {section: values}, source="flags")
     for assignment in args.set:
         override(cfg, assignment)
-    return cfg.validate()
+    return cfg.validate(), (state, saved)
 
 
 def _distributed():  # noqa: ANN202 - (Distributed, local_rank)
@@ -240,12 +243,14 @@ def run(argv: list[str] | None = None) -> int:
     from ebjdat.train.config import from_dict
     from ebjdat.train.rundir import RunDirError, check_new
 
+    loaded: list = [None]  # the checkpoint that prepare() read for --resume
+
     def prepare() -> tuple[str, dict]:
         """The run directory and config, checked by one process; nothing is written yet."""
         out = _run_dir(args)
         if args.resume:
             _check_resume_flags(args)
-            cfg = _resume_config(args, out)
+            cfg, loaded[0] = _resume_config(args, out)
         else:
             check_new(out, overwrite=args.overwrite)
             cfg = resolve_config(args)
@@ -272,7 +277,8 @@ def run(argv: list[str] | None = None) -> int:
             progress_bar=not args.no_progress,
         )
         if args.resume:
-            trainer.resume()
+            # A single process read the checkpoint already; other ranks read their own.
+            trainer.resume(loaded[0] if distributed.world_size == 1 else None)
         else:
             trainer.start(overwrite=args.overwrite)
         started = True

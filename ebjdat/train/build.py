@@ -152,7 +152,6 @@ def energy_model(model: nn.Module | None, cfg: Config, data: TrainData) -> Energ
         raise TypeError("Trainer's first argument is the model; pass the config as config=...")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    net = model if isinstance(model, EnergyModel) else None
     probe = data.train_x[:2].float()
     probe = probe / 255.0 if data.train_x.dtype == torch.uint8 else probe
     was_training = model.training
@@ -179,4 +178,4 @@ def energy_model(model: nn.Module | None, cfg: Config, data: TrainData) -> Energ
     if not math.isfinite(float(out.float().abs().max())):
         raise ValueError("model outputs non-finite logits on training images")
     data.num_classes = k
-    return net if net is not None else Classifier(model, k)
+    return model if isinstance(model, EnergyModel) else Classifier(model, k)

@@ -596,11 +596,13 @@ class Trainer:
             self.out = final
         self._started = True
 
-    def resume(self) -> None:
+    def resume(self, loaded: tuple[dict[str, Any], Config] | None = None) -> None:
+        """Continues from out_dir's last.pt; `loaded` is what load_training already returned
+        for it (the CLI reads it once to build the config), so it is not read twice."""
         if self.out is None:
             raise ValueError("resume() needs the out_dir of the run to continue")
         path = self.ckpt_dir / "last.pt"
-        state, saved = load_training(path, map_location=self.device)
+        state, saved = loaded if loaded is not None else load_training(path)
         rundir.check_resume(self.out, state.get("run_id"), state["config"], path)
         changed = config_changes(saved, self.cfg)
         refused = [key for key in changed if key not in RESUME_SAFE_KEYS]
