@@ -4,8 +4,11 @@ watched directory byte-identical (files, their contents and their modes)."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,36 +85,56 @@ def check_misuse(
     return lines[0]
 
 
-def run_read_only(place: Path, argv: Sequence[str], timeout: float = 180):  # noqa: ANN201
-    """Runs `argv` (a command) with `place` read-only, as a real read-only mount would make it:
-    as root (for whom file modes deny nothing) inside a private mount namespace with a read-only
-    bind mount of `place` that vanishes with the process; otherwise with the write bits removed.
-    Skips when neither is possible here."""
-    import shutil as _shutil
-    import subprocess
+def _as_nobody() -> None:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
 
+
+def _without_dac_override() -> None:
+    """Root that is refused by mode bits like anyone else: CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH leave the bounding set, so the exec'd interpreter never has them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def demotion(probe_dir: Path) -> Callable[[], None] | None:
+    """A preexec_fn under which writing into a 0o555 directory fails (None: not root, mode bits
+    suffice); skips when neither way works here."""
     if os.geteuid() != 0:
-        modes = {p: p.stat().st_mode for p in [place, *place.rglob("*")]}
-        for p in modes:
-            p.chmod(modes[p] & ~0o222)
+        return None
+    check = (  # finds (without importing: that costs seconds) the packages, then tries a write
+        "import importlib.util as u, sys\n"
+        "assert u.find_spec('torch') and u.find_spec('ebjdat')\n"
+        f"try:\n    open({str(probe_dir / 'x')!r}, 'w')\nexcept PermissionError:\n"
+        "    sys.exit(0)\nsys.exit(3)"
+    )
+    for fn in (_as_nobody, _without_dac_override):
         try:
-            return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-        finally:
-            for p, mode in modes.items():
-                p.chmod(mode)
-    if _shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to make a read-only mount as root")
-    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
-    probe = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script, "sh", str(place), "true"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a read-only mount here: {probe.stderr.strip()}")
-    return subprocess.run(
-        ["unshare", "-m", "sh", "-c", script, "sh", str(place), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+            proc = subprocess.run(
+                [sys.executable, "-c", check], preexec_fn=fn, capture_output=True, timeout=120
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if proc.returncode == 0:
+            return fn
+    pytest.skip("cannot drop root's write access here (nobody cannot run this interpreter and "
+                "CAP_DAC_OVERRIDE cannot be dropped)")  # fmt: skip
+
+
+def run_read_only(place: Path, argv: Sequence[str], timeout: float = 180):  # noqa: ANN201
+    """Runs `argv` (a command) with `place` and everything in it read-only by mode bits, as an
+    unprivileged process (see demotion()), and restores the modes afterwards."""
+    modes = {p: p.stat().st_mode for p in [place, *place.rglob("*")]}
+    for p, mode in modes.items():
+        p.chmod(mode & ~0o222)
+    try:
+        return subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout,
+            preexec_fn=demotion(place),
+        )  # fmt: skip
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)

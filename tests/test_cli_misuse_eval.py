@@ -10,7 +10,6 @@ refuses the writes as it would for any other user."""
 from __future__ import annotations
 
 import copy
-import ctypes
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from misuse import Case, check_misuse, tree_state
+from misuse import Case, check_misuse, demotion, tree_state
 
 from ebjdat import checkpoint
 from ebjdat.cli import bench as bench_cli
@@ -295,45 +294,6 @@ print(json.dumps(out))
 """
 
 
-def _as_nobody() -> None:
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)
-
-
-def _without_dac_override() -> None:
-    """Root that is refused by mode bits like anyone else: CAP_DAC_OVERRIDE and
-    CAP_DAC_READ_SEARCH leave the bounding set, so the exec'd interpreter never has them."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def _demotion(probe_dir: Path) -> Callable[[], None] | None:
-    """A preexec_fn under which writing into a 0o555 directory fails (None: not root, mode bits
-    suffice); skips when neither way works here."""
-    if os.geteuid() != 0:
-        return None
-    check = (  # finds (without importing: that costs seconds) the packages, then tries a write
-        "import importlib.util as u, sys\n"
-        "assert u.find_spec('torch') and u.find_spec('ebjdat')\n"
-        f"try:\n    open({str(probe_dir / 'x')!r}, 'w')\nexcept PermissionError:\n"
-        "    sys.exit(0)\nsys.exit(3)"
-    )
-    for fn in (_as_nobody, _without_dac_override):
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", check], preexec_fn=fn, capture_output=True, timeout=120
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if proc.returncode == 0:
-            return fn
-    pytest.skip("cannot drop root's write access here (nobody cannot run this interpreter and "
-                "CAP_DAC_OVERRIDE cannot be dropped)")  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def read_only(run_dir: Path) -> Iterator[tuple[Path, dict[str, dict]]]:
     """A copy of the run in a 0o555 directory under a world-traversable temp dir, and what each
@@ -347,7 +307,7 @@ def read_only(run_dir: Path) -> Iterator[tuple[Path, dict[str, dict]]]:
     for d in (run / "checkpoints", run):
         d.chmod(0o555)
     try:
-        demote = _demotion(run)
+        demote = demotion(run)
         fill = {"{run}": str(run), "{ckpt}": str(run / "checkpoints" / "last.pt")}
         jobs = []
         for case in READ_ONLY_CASES:
