@@ -29,8 +29,8 @@ _EXPORTS = {
     "ConfigError": "ebjdat.train.config",
     "DataConfig": "ebjdat.train.config",
     "ModelConfig": "ebjdat.train.config",
-    "SGLDConfig": "ebjdat.train.config",
-    "AdvConfig": "ebjdat.train.config",
+    "SGLDConfig": "ebjdat.sampling",
+    "AdvConfig": "ebjdat.attacks",
     "LossConfig": "ebjdat.train.config",
     "OptimConfig": "ebjdat.train.config",
     "TrainConfig": "ebjdat.train.config",
@@ -40,11 +40,9 @@ _EXPORTS = {
     "Forward": "ebjdat.train.losses",
     "LossTerms": "ebjdat.train.losses",
     "sgld": "ebjdat.sampling",
-    "SGLDSampler": "ebjdat.sampling",
     "ReplayBuffer": "ebjdat.sampling",
     "ClassGaussians": "ebjdat.sampling",
     "adversarial_samples": "ebjdat.attacks",
-    "AdvSamplerConfig": "ebjdat.attacks",
     "pgd_attack": "ebjdat.attacks",
     "Classifier": "ebjdat.models",
     "EnergyModel": "ebjdat.models",
@@ -52,9 +50,23 @@ _EXPORTS = {
 }
 
 
+# Older names of the samplers' settings, which are now the config sections themselves.
+_RENAMED = {"SGLDSampler": "SGLDConfig", "AdvSamplerConfig": "AdvConfig"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"ebjdat.{name} is now ebjdat.{new} (the same settings as the config section)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return __getattr__(new)
     raise AttributeError(f"module 'ebjdat' has no attribute {name!r}")
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ebjdat.attacks import (
-    AdvSamplerConfig,
+    AdvConfig,
     adversarial_objective,
     adversarial_samples,
     perception_loss,
@@ -85,21 +85,40 @@ def logits_eval(net: TinyNet, z: torch.Tensor) -> torch.Tensor:
 # -- adversarial sampler -------------------------------------------------------------------------
 
 
+# The official code's effective sampler: its 8/255 and 2/255 act on [-1, 1] images.
+OFFICIAL = dict(
+    objective="logit", perception_loss=True, project=False, eps=4 / 255, step_size=1 / 255
+)
+
+
+def official(**changes: object) -> AdvConfig:
+    return AdvConfig(**{**OFFICIAL, **changes})
+
+
 def test_config_units_and_defaults() -> None:
-    cfg = AdvSamplerConfig()
-    assert (cfg.objective, cfg.perception_loss, cfg.project) == ("logit", True, False)
+    cfg = AdvConfig()  # the sound defaults: CE, projected, 8/255 and 2/255 pixel units
+    assert (cfg.objective, cfg.perception_loss, cfg.project) == ("ce", False, True)
     assert (cfg.steps, cfg.random_start, cfg.norm) == (5, True, "linf")
-    eps, alpha = cfg.internal()  # the official 8/255 and 2/255 on [-1, 1] images
+    assert (cfg.eps, cfg.step_size) == (8 / 255, 2 / 255)
+    eps, alpha = official().internal()  # pixel units -> [-1, 1] units: x2
     assert eps == pytest.approx(8 / 255) and alpha == pytest.approx(2 / 255)
-    with pytest.raises(ValueError):
-        AdvSamplerConfig(objective="energy")
+    with pytest.raises(ValueError, match="adv.objective"):
+        AdvConfig(objective="energy").check()
+    with pytest.raises(ValueError, match="adv.eps"):
+        adversarial_samples(make_net(), *data(2, 0), AdvConfig(eps=-0.1))
+
+
+def test_official_preset_is_the_official_sampler() -> None:
+    from ebjdat.train.config import load_preset
+
+    assert load_preset("official").validate().adv == official()
 
 
 @pytest.mark.parametrize("objective", ["logit", "ce"])
 def test_sampler_raises_its_objective(objective: str) -> None:
     net = make_net()
     z, y = data(8, 1)
-    cfg = AdvSamplerConfig(
+    cfg = official(
         objective=objective,
         perception_loss=False,
         eps=0.02,
@@ -115,7 +134,7 @@ def test_sampler_raises_its_objective(objective: str) -> None:
         ce = nn.functional.cross_entropy
         assert ce(after, y, reduction="sum") > ce(before, y, reduction="sum")
     # with the perception term the full objective still rises
-    cfg = AdvSamplerConfig(objective=objective, eps=0.02, step_size=0.005, random_start=False)
+    cfg = official(objective=objective, eps=0.02, step_size=0.005, random_start=False)
     z_adv = adversarial_samples(net, z, y, cfg)
     clean = unit_logits(before)
     assert adversarial_objective(logits_eval(net, z_adv), y, cfg, clean) > adversarial_objective(
@@ -126,7 +145,7 @@ def test_sampler_raises_its_objective(objective: str) -> None:
 def test_projection_respects_eps() -> None:
     net = make_net()
     z, y = data(8, 2)
-    cfg = AdvSamplerConfig(project=True, eps=0.01, step_size=0.01, steps=5)
+    cfg = official(project=True, eps=0.01, step_size=0.01, steps=5)
     z_adv = adversarial_samples(net, z, y, cfg, generator=torch.Generator().manual_seed(0))
     dist = (z_adv - z).abs().max().item()
     assert dist <= 2 * 0.01 + 1e-6 and dist > 0.019
@@ -142,7 +161,7 @@ def test_no_projection_bound_is_attained() -> None:
     model = Linear(w)
     z = torch.rand(64, 3, 32, 32, generator=g) * 1.6 - 0.8
     y = torch.randint(0, 10, (64,), generator=g)
-    cfg = AdvSamplerConfig(perception_loss=False)  # defaults: 4/255, 1/255 pixel units, 5 steps
+    cfg = official(perception_loss=False)  # 4/255, 1/255 pixel units, 5 steps
     z_adv = adversarial_samples(model, z, y, cfg, generator=torch.Generator().manual_seed(1))
     dist = (z_adv - z).abs()
     bound = 8 / 255 + 5 * 2 / 255
@@ -150,7 +169,7 @@ def test_no_projection_bound_is_attained() -> None:
     assert dist.max().item() >= bound - 1e-5
     assert dist.max().item() > 8 / 255 + 1e-3  # well outside the eps-ball
     # with the projection the same walk is held at eps
-    proj = adversarial_samples(model, z, y, AdvSamplerConfig(perception_loss=False, project=True))
+    proj = adversarial_samples(model, z, y, official(perception_loss=False, project=True))
     torch.testing.assert_close((proj - z).abs().max(), torch.tensor(8 / 255), atol=1e-6, rtol=0)
 
 
@@ -162,7 +181,7 @@ def test_bn_eval_during_attack_and_modes_restored() -> None:
     net.net[4].register_forward_pre_hook(lambda m, _: seen.append(m.training))
     stats = net.net[4].running_mean.clone()
     z, y = data(4, 3)
-    adversarial_samples(net, z, y, AdvSamplerConfig(steps=3))
+    adversarial_samples(net, z, y, official(steps=3))
     assert seen and not any(seen)
     assert len(seen) == 1 + 3  # clean logits once + one forward per step
     assert torch.equal(stats, net.net[4].running_mean)
@@ -187,7 +206,7 @@ def test_perception_loss_matches_hand_computation() -> None:
 def test_one_step_matches_eager_reference(objective: str) -> None:
     net = make_net(dtype=torch.float64)
     z, y = data(6, 4, torch.float64)
-    cfg = AdvSamplerConfig(
+    cfg = official(
         objective=objective, steps=2, random_start=False, eps=0.02, step_size=0.01
     )
     ours = adversarial_samples(net, z, y, cfg)
@@ -216,7 +235,7 @@ def test_chunk_invariance(objective: str) -> None:
     gives the same samples (every term is per-sample in eval mode, the objective a sum)."""
     net = make_net(dtype=torch.float64)
     z, y = data(10, 5, torch.float64)
-    cfg = AdvSamplerConfig(objective=objective, random_start=False, eps=0.03, step_size=0.01)
+    cfg = official(objective=objective, random_start=False, eps=0.03, step_size=0.01)
     full = adversarial_samples(net, z, y, cfg)
     chunks = torch.cat(
         [adversarial_samples(net, z[i : i + 2], y[i : i + 2], cfg) for i in range(0, 10, 2)]
@@ -229,7 +248,7 @@ def test_sampler_input_untouched_and_no_grad_context() -> None:
     net = make_net()
     z, y = data(4, 6)
     z_copy = z.clone()
-    cfg = AdvSamplerConfig(random_start=False)
+    cfg = official(random_start=False)
     ref = adversarial_samples(net, z, y, cfg)
     with torch.no_grad():
         again = adversarial_samples(net, z, y, cfg)

@@ -158,10 +158,10 @@ def test_graphed_sgld_equals_eager() -> None:
 
 
 def test_graphed_adversarial_sampler_equals_eager() -> None:
-    from ebjdat.attacks import AdvSamplerConfig, adversarial_samples
+    from ebjdat.attacks import AdvConfig, adversarial_samples
 
     model = _graph_model()
-    cfg = AdvSamplerConfig(project=True, steps=3)
+    cfg = AdvConfig(objective="logit", perception_loss=True, project=True, steps=3)
     for call in range(2):
         z = torch.rand(8, 3, 16, 16, device="cuda") * 2 - 1
         y = torch.randint(0, 10, (8,), device="cuda")

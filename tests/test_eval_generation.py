@@ -182,19 +182,20 @@ def test_buffer_selection_refuses_non_finite_scores() -> None:
 
 def test_draw_samples_from_noise_and_class_starts_restores_bn() -> None:
     from ebjdat.models.jem import build_model
-    from ebjdat.sampling import ClassGaussians
+    from ebjdat.sampling import ClassGaussians, SGLDConfig
 
     torch.manual_seed(0)
     model = build_model("wrn-10-1", num_classes=3, in_channels=1, image_size=8, norm="batch")
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    kw = dict(steps=2, step_size=1.0, noise_std=0.01, grad_clip=1.0, batch_size=4, progress=False)
+    chain = SGLDConfig(steps=2, step_size=1.0, noise_std=0.01, grad_clip=1.0, bn_train=True)
+    kw = dict(batch_size=4, progress=False)
     x = G.draw_samples(
         model,
         6,
+        chain,
         start="noise",
         shape=(1, 8, 8),
-        bn_train=True,
         generator=torch.Generator().manual_seed(1),
         **kw,
     )
@@ -205,14 +206,16 @@ def test_draw_samples_from_noise_and_class_starts_restores_bn() -> None:
     imgs = torch.rand(30, 1, 8, 8) * 2 - 1
     gauss = ClassGaussians().fit(imgs, torch.arange(30) % 3, 3)
     a = G.draw_samples(
-        model, 5, start="class", gaussians=gauss, generator=torch.Generator().manual_seed(2), **kw
+        model, 5, chain, start="class", gaussians=gauss, generator=torch.Generator().manual_seed(2),
+        **kw,
     )
     b = G.draw_samples(
-        model, 5, start="class", gaussians=gauss, generator=torch.Generator().manual_seed(2), **kw
+        model, 5, chain, start="class", gaussians=gauss, generator=torch.Generator().manual_seed(2),
+        **kw,
     )
     torch.testing.assert_close(a, b)  # reproducible from the generator
     with pytest.raises(ValueError, match="Gaussians"):
-        G.draw_samples(model, 2, start="class", **kw)
+        G.draw_samples(model, 2, chain, start="class", **kw)
 
 
 # ---- the energy figure -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .adversarial import (
     INTERNAL_PER_PIXEL,
+    AdvConfig,
     AdvSamplerConfig,
     adversarial_objective,
     adversarial_samples,
@@ -15,6 +16,7 @@ from .pgd import pgd_attack
 
 __all__ = [
     "INTERNAL_PER_PIXEL",
+    "AdvConfig",
     "AdvSamplerConfig",
     "adversarial_objective",
     "adversarial_samples",

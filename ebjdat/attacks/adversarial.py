@@ -17,8 +17,7 @@ forward per step instead of three, and the clean logits computed once instead of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import astuple, dataclass
 
 import torch
 from torch import nn
@@ -26,41 +25,52 @@ from torch import nn
 from ebjdat import ops
 from ebjdat.grad_modes import frozen_parameters, grad_mode, model_mode, outside_inference_mode
 from ebjdat.sampling.cuda_graphs import callable_key, check_cuda_graph_inputs, replay_loop
-from ebjdat.sampling.sgld import LogitsFn, internal_logits_fn
+from ebjdat.sampling.sgld import LogitsFn, internal_logits_fn, internal_range
+from ebjdat.settings import check_fields, setting
 
 # Pixel units -> internal units. The config's eps and step_size are in [0, 1] pixel units and
 # the sampler works on [-1, 1] images (z = 2x - 1), so distances scale by 2. This is the only
-# place the conversion happens (AdvSamplerConfig.internal).
+# place the conversion happens (AdvConfig.internal).
 INTERNAL_PER_PIXEL = 2.0
 _UNIT_EPS = 1e-10  # the official normalize_tensor's eps
 
 
-@dataclass(frozen=True)
-class AdvSamplerConfig:
-    """Switches of the adversarial sampler. eps and step_size are in [0, 1] pixel units; the
-    defaults are the official code's effective values: its 8/255 and 2/255 act on [-1, 1] images,
-    i.e. 4/255 and 1/255 of the pixel range, 5 steps, random start, no projection."""
+@dataclass
+class AdvConfig:
+    """The adversarial sampler's settings, which are also the training config's [adv] section,
+    with their defaults and allowed values in this one place.
 
-    objective: Literal["logit", "ce"] = "logit"
-    perception_loss: bool = True
-    project: bool = False
-    eps: float = 4 / 255
-    step_size: float = 1 / 255
-    steps: int = 5
+    eps and step_size are in [0, 1] pixel units (the sampler converts them to its internal
+    units); samples are clamped to the model's input range. The defaults are the sound,
+    standard choice: ascend the cross-entropy, project onto the eps-ball, 8/255 and 2/255, 5
+    steps. The official code's effective values (true-class logit plus perception loss, no
+    projection, 4/255 and 1/255) are the `official` preset's. `enabled` is read by training
+    only: whether the adversarial terms are part of the loss at all.
+    """
+
+    enabled: bool = True
+    # "logit": ascend the true-class logit, -E(x~, y) (official); "ce": the cross-entropy
+    objective: str = setting("ce", choices=("logit", "ce"))
+    perception_loss: bool = False
+    project: bool = True  # the official code never projects onto the eps-ball
+    eps: float = setting(8 / 255, ge=0, le=1)  # [0, 1] pixel units
+    step_size: float = setting(2 / 255, ge=0, le=1)
+    steps: int = setting(5, ge=0)
     random_start: bool = True
-    norm: Literal["linf", "l2"] = "linf"
+    norm: str = setting("linf", choices=("linf", "l2"))
 
-    def __post_init__(self) -> None:
-        if self.objective not in ("logit", "ce"):
-            raise ValueError(f"objective must be 'logit' or 'ce', got {self.objective!r}")
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
-        if self.eps < 0 or self.step_size < 0 or self.steps < 0:
-            raise ValueError("eps, step_size and steps must be >= 0")
+    def check(self) -> AdvConfig:
+        """ConfigError naming adv.<field> for any value out of its range; returns self."""
+        check_fields(self, "adv")
+        return self
 
     def internal(self) -> tuple[float, float]:
         """(eps, step_size) in internal [-1, 1] units."""
         return INTERNAL_PER_PIXEL * self.eps, INTERNAL_PER_PIXEL * self.step_size
+
+
+# The name of the settings before they became the [adv] config section.
+AdvSamplerConfig = AdvConfig
 
 
 def unit_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -76,7 +86,7 @@ def perception_loss(clean_unit: torch.Tensor, adv_logits: torch.Tensor) -> torch
 def adversarial_objective(
     adv_logits: torch.Tensor,
     y: torch.Tensor,
-    cfg: AdvSamplerConfig,
+    cfg: AdvConfig,
     clean_unit: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scalar the sampler ascends (sums over the batch, so every sample's gradient is
@@ -95,7 +105,7 @@ def adversarial_samples(
     model: nn.Module,
     z: torch.Tensor,
     y: torch.Tensor,
-    cfg: AdvSamplerConfig | None = None,
+    cfg: AdvConfig | None = None,
     *,
     generator: torch.Generator | None = None,
     logits_fn: LogitsFn | None = None,
@@ -105,11 +115,12 @@ def adversarial_samples(
     (BatchNorm running statistics, as the official f.eval()) and each module's previous mode is
     restored afterwards; parameter .grad fields are untouched. cuda_graph=True replays one
     captured step (CUDA tensors only; sampling/cuda_graphs.py). Returns a detached tensor."""
-    cfg = AdvSamplerConfig() if cfg is None else cfg
+    cfg = (AdvConfig() if cfg is None else cfg).check()
     if cuda_graph:
         check_cuda_graph_inputs(z, y)
     fn = internal_logits_fn(model, logits_fn)
     eps, alpha = cfg.internal()
+    bounds = internal_range(model)
     z, y = z.detach().clone(), y.clone()
 
     def step(t: Mapping[str, torch.Tensor]) -> None:
@@ -126,7 +137,7 @@ def adversarial_samples(
                     step_size=alpha,
                     eps=eps if cfg.project else None,
                     norm=cfg.norm,
-                    clamp=(-1.0, 1.0),
+                    clamp=bounds,
                 )
             )
 
@@ -136,12 +147,12 @@ def adversarial_samples(
             with torch.no_grad():  # constant across steps: computed once
                 inputs["clean_unit"] = unit_logits(fn(z))
         if cfg.random_start:
-            z_adv = ops.pgd_init(z, eps=eps, norm=cfg.norm, clamp=(-1.0, 1.0), generator=generator)
+            z_adv = ops.pgd_init(z, eps=eps, norm=cfg.norm, clamp=bounds, generator=generator)
         else:
             z_adv = z.clone()
         inputs["z_adv"] = z_adv
         if cuda_graph and cfg.steps > 0:
-            key = ("adversarial", callable_key(fn), cfg)
+            key = ("adversarial", callable_key(fn), astuple(cfg))
             return replay_loop(model, key, inputs, step, cfg.steps)["z_adv"]
         for _ in range(cfg.steps):
             step(inputs)

@@ -353,7 +353,7 @@ class Evaluation:
         settings = s.gen_sampler.resolve(self.cfg)
         k = self.info.num_classes
         gaussians = None
-        if settings["start"] == "class":
+        if settings.start == "class":
             gaussians = fit_class_gaussians(*self.train_split(), k)
         shape = None if gaussians is not None else image_shape(self.state, self.cfg, self.root)
         start = time.perf_counter()
@@ -362,7 +362,7 @@ class Evaluation:
             generator=self.generator(3), batch_size=s.batch_size, progress=self.progress,
         )
         self.report["settings"]["generation"] = {
-            **settings,
+            **settings.record(),
             "n": s.gen_n,
             "seed": s.seed,
             "sampling_time_s": round(time.perf_counter() - start, 2),

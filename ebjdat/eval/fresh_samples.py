@@ -5,6 +5,7 @@ ebjdat-eval)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from ebjdat.checks import MAX_TORCH_SEED, SettingsError, check_setting
+from ebjdat.sampling import SGLDConfig
 
 from .checkpoints import (
     data_root,
@@ -62,18 +64,41 @@ class SamplerOverrides:
             check_setting(f"{prefix}grad_clip", self.grad_clip, low=0.0, low_open=True)
         return self
 
-    def resolve(self, cfg: Any) -> dict[str, Any]:
-        """The settings to sample with: these overrides over the checkpoint's [sgld] section."""
+    def resolve(self, cfg: Any) -> FreshSampler:
+        """The sampler to draw with: these overrides over the checkpoint's [sgld] section."""
         s = cfg.sgld
+        chain = dataclasses.replace(
+            s,
+            steps=100 if self.steps is None else self.steps,
+            step_size=s.step_size if self.step_size is None else self.step_size,
+            noise_std=s.noise_std if self.noise_std is None else self.noise_std,
+            grad_clip=s.grad_clip if self.grad_clip is FROM_CONFIG else self.grad_clip,
+            bn_train=s.bn_train if self.bn_train is None else self.bn_train,
+        )
+        start = self.start or ("class" if s.init == "gaussian" else "noise")
+        return FreshSampler(chain, start, bool(self.conditional))
+
+
+@dataclass(frozen=True)
+class FreshSampler:
+    """Fresh chains: the SGLD settings, where they start and whether they are conditional."""
+
+    sgld: SGLDConfig
+    start: str  # "noise" (U(-1, 1)) or "class" (the training split's Gaussians)
+    conditional: bool
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the report and samples.json show them."""
+        g = self.sgld
         return {
-            "start": self.start or ("class" if s.init == "gaussian" else "noise"),
-            "steps": 100 if self.steps is None else self.steps,
-            "step_size": s.step_size if self.step_size is None else self.step_size,
-            "noise_std": s.noise_std if self.noise_std is None else self.noise_std,
-            "grad_clip": s.grad_clip if self.grad_clip is FROM_CONFIG else self.grad_clip,
-            "clamp": bool(s.clamp),
-            "bn_train": bool(s.bn_train) if self.bn_train is None else self.bn_train,
-            "conditional": bool(self.conditional),
+            "start": self.start,
+            "steps": g.steps,
+            "step_size": g.step_size,
+            "noise_std": g.noise_std,
+            "grad_clip": g.grad_clip,
+            "clamp": bool(g.clamp),
+            "bn_train": bool(g.bn_train),
+            "conditional": self.conditional,
             "units": "internal [-1, 1] images (as the training sampler)",
         }
 
@@ -81,7 +106,7 @@ class SamplerOverrides:
 def sample_with(
     model: Any,
     n: int,
-    settings: dict[str, Any],
+    sampler: FreshSampler,
     *,
     gaussians: Any,
     shape: tuple[int, ...] | None,
@@ -89,20 +114,19 @@ def sample_with(
     batch_size: int,
     progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fresh samples with resolved sampler settings (SamplerOverrides.resolve), and their
-    labels: class-balanced when the start or the chain is class-conditional, else None."""
+    """Fresh samples and their labels: class-balanced when the start or the chain is
+    class-conditional, else None."""
     from .generation import draw_samples
 
     labels = (
         torch.arange(n) % model.num_classes
-        if settings["start"] == "class" or settings["conditional"]
+        if sampler.start == "class" or sampler.conditional
         else None
     )
-    keys = ("start", "steps", "step_size", "noise_std", "grad_clip", "clamp", "bn_train",
-            "conditional")
     x = draw_samples(
-        model, n, gaussians=gaussians, labels=labels, shape=shape, generator=generator,
-        batch_size=batch_size, progress=progress, **{k: settings[k] for k in keys},
+        model, n, sampler.sgld, start=sampler.start, conditional=sampler.conditional,
+        gaussians=gaussians, labels=labels, shape=shape, generator=generator,
+        batch_size=batch_size, progress=progress,
     )
     return x, labels
 
@@ -156,7 +180,7 @@ def sample_checkpoint(
     sampler = settings.sampler.resolve(cfg)
     root = data_root(cfg, settings.data_root)
     gaussians = (
-        train_gaussians(cfg, root, model.num_classes) if sampler["start"] == "class" else None
+        train_gaussians(cfg, root, model.num_classes) if sampler.start == "class" else None
     )
     shape = None if gaussians is not None else image_shape(state, cfg, root)
 
@@ -205,7 +229,7 @@ def sample_checkpoint(
         "dataset": cfg.data.dataset,
         "preset": cfg.preset,
         "n": n,
-        **sampler,
+        **sampler.record(),
         "seed": settings.seed,
         "device": str(device),
         "batch_size": settings.batch_size,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ebjdat.models.jem import JEM
-from ebjdat.sampling import ClassGaussians, sgld
+from ebjdat.sampling import ClassGaussians, SGLDConfig
 
 # ---- fresh samples ------------------------------------------------------------------------------
 
@@ -43,14 +43,9 @@ def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
 def draw_samples(
     model: JEM,
     n: int,
+    sampler: SGLDConfig,
     *,
     start: str = "noise",
-    steps: int = 100,
-    step_size: float,
-    noise_std: float,
-    grad_clip: float | None,
-    clamp: bool = True,
-    bn_train: bool = False,
     conditional: bool = False,
     gaussians: ClassGaussians | None = None,
     labels: torch.Tensor | None = None,
@@ -92,12 +87,12 @@ def draw_samples(
         shape = gaussians.shape
     if gaussians is not None:
         gaussians = gaussians.to(device)
-    saved = _bn_buffers(model) if bn_train else None
+    saved = _bn_buffers(model) if sampler.bn_train else None
     out = []
     try:
         bar = tqdm(
             total=n,
-            desc=f"SGLD samples ({steps} steps)",
+            desc=f"SGLD samples ({sampler.steps} steps)",
             unit="img",
             disable=not progress,
             leave=False,
@@ -111,18 +106,7 @@ def draw_samples(
                 z0 = gaussians.sample(m, classes=y, generator=generator)
             else:
                 z0 = torch.rand(m, *shape, device=device, generator=generator) * 2 - 1
-            z = sgld(
-                model,
-                z0,
-                steps=steps,
-                step_size=step_size,
-                noise_std=noise_std,
-                grad_clip=grad_clip,
-                clamp=(-1.0, 1.0) if clamp else None,
-                bn_train=bn_train,
-                y=y if conditional else None,
-                generator=generator,
-            )
+            z = sampler(model, z0, y=y if conditional else None, generator=generator)
             out.append(JEM.from_internal(z.float()).clamp(0, 1).cpu())
             bar.update(m)
         bar.close()

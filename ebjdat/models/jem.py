@@ -31,6 +31,8 @@ class EnergyModel(nn.Module):
     energies are defined here once."""
 
     num_classes: int
+    # What the public forward takes; samplers clamp to its image under to_internal.
+    input_range: tuple[float, float] = (0.0, 1.0)
 
     # ---- unit conversion: the only place that knows JEM's [-1, 1] convention -------------------
 
@@ -43,6 +45,12 @@ class EnergyModel(nn.Module):
     def from_internal(z: torch.Tensor) -> torch.Tensor:
         """JEM's [-1, 1] -> [0, 1] pixels."""
         return (z + 1.0) * 0.5
+
+    @property
+    def internal_range(self) -> tuple[float, float]:
+        """The input range in internal units: where samplers clamp their images."""
+        lo, hi = self.input_range
+        return float(self.to_internal(lo)), float(self.to_internal(hi))  # plain arithmetic
 
     # ---- logits and energies --------------------------------------------------------------------
 

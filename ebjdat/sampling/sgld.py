@@ -22,6 +22,7 @@ from torch import nn
 
 from ebjdat import ops
 from ebjdat.grad_modes import frozen_parameters, grad_mode, model_mode, outside_inference_mode
+from ebjdat.settings import check_fields, setting
 
 from . import cuda_graphs
 
@@ -44,6 +45,13 @@ def internal_logits_fn(model: nn.Module, logits_fn: LogitsFn | None = None) -> L
             "pass logits_fn= explicitly"
         )
     return fn
+
+
+def internal_range(model: nn.Module) -> tuple[float, float]:
+    """Where samplers clamp: the energy model's input range in internal units, or [-1, 1]
+    (the [0, 1] pixel range) for a module that does not declare one."""
+    bounds = getattr(model, "internal_range", None)
+    return (-1.0, 1.0) if bounds is None else (float(bounds[0]), float(bounds[1]))
 
 
 def log_density_grad(
@@ -120,34 +128,55 @@ def sgld(
     return z
 
 
-@dataclass(frozen=True)
-class SGLDSampler:
-    """SGLD settings as one value; the presets are the official variants' samplers
-    (docs/method-notes.md, 'The official samplers')."""
+@dataclass
+class SGLDConfig:
+    """The SGLD sampler's settings, which are also the training config's [sgld] section, with
+    their defaults and allowed values in this one place.
 
-    steps: int = 10
-    step_size: float = 1.0
-    noise_std: float = 0.0
-    grad_clip: float | None = 1.0
-    clamp: tuple[float | None, float | None] | None = (-1.0, 1.0)
-    bn_train: bool | None = True
+    steps ... bn_train are the chain (see `sgld`); calling the settings runs it. buffer_size,
+    reinit_freq and init describe the replay buffer that training keeps the chains in. All
+    quantities act on the model's internal [-1, 1] images, as JEM's do, so the official values
+    carry over unchanged. The classmethods are the official variants' samplers.
+    """
+
+    buffer_size: int = setting(10000, ge=1)
+    reinit_freq: float = setting(0.05, ge=0, le=1)
+    # "gaussian": per-class Gaussians fitted to the training split (JEM++/SADA-JEM);
+    # "uniform": U(-1, 1) (JEM)
+    init: str = setting("gaussian", choices=("gaussian", "uniform"))
+    steps: int = setting(10, ge=0)
+    step_size: float = setting(1.0, ge=0)
+    noise_std: float = setting(0.0, ge=0)
+    grad_clip: float | None = setting(1.0, gt=0)  # None: no clipping
+    clamp: bool = True  # keep samples in the image range; the official JEM sampler does not
+    bn_train: bool = True  # the official JEM++/SADA-JEM samplers run BN in train mode
+
+    def check(self) -> SGLDConfig:
+        """ConfigError naming sgld.<field> for any value out of its range; returns self."""
+        check_fields(self, "sgld")
+        return self
 
     @classmethod
-    def jem(cls) -> SGLDSampler:
-        """JEM: 10 steps of z += 1.0 * grad + 0.01 * N(0, I); no clip, no clamp, eval mode."""
+    def jem(cls) -> SGLDConfig:
+        """JEM: uniform starts, 10 steps of z += 1.0 * grad + 0.01 * N(0, I); no clip, no
+        clamp, eval mode."""
         return cls(
-            steps=10, step_size=1.0, noise_std=0.01, grad_clip=None, clamp=None, bn_train=False
+            init="uniform",
+            steps=10,
+            step_size=1.0,
+            noise_std=0.01,
+            grad_clip=None,
+            clamp=False,
+            bn_train=False,
         )
 
     @classmethod
-    def sadajem(cls) -> SGLDSampler:
+    def sadajem(cls) -> SGLDConfig:
         """SADA-JEM: 10 noise-free steps of z = clamp(z + clip(grad, +-1), -1, 1), train mode."""
-        return cls(
-            steps=10, step_size=1.0, noise_std=0.0, grad_clip=1.0, clamp=(-1.0, 1.0), bn_train=True
-        )
+        return cls(steps=10, step_size=1.0, noise_std=0.0, grad_clip=1.0, clamp=True, bn_train=True)
 
     @classmethod
-    def jempp(cls) -> SGLDSampler:
+    def jempp(cls) -> SGLDConfig:
         """JEM++ PYLD (10 outer x 5 inner x 0.2, eps 1): identical to `sadajem()` because conv1
         is linear (docs/method-notes.md, 'PYLD equals clipped SGLD')."""
         return cls.sadajem()
@@ -160,7 +189,10 @@ class SGLDSampler:
         y: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         logits_fn: LogitsFn | None = None,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
+        """`steps` SGLD steps from z0 (internal [-1, 1] images) with these settings."""
+        self.check()
         return sgld(
             model,
             z0,
@@ -168,11 +200,12 @@ class SGLDSampler:
             step_size=self.step_size,
             noise_std=self.noise_std,
             grad_clip=self.grad_clip,
-            clamp=self.clamp,
+            clamp=internal_range(model) if self.clamp else None,
             bn_train=self.bn_train,
             y=y,
             generator=generator,
             logits_fn=logits_fn,
+            cuda_graph=cuda_graph,
         )
 
     def sample_buffer(
@@ -183,11 +216,16 @@ class SGLDSampler:
         *,
         generator: torch.Generator | None = None,
         logits_fn: LogitsFn | None = None,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """Persistent-chain sampling: draw from the buffer, run SGLD, write the chains back.
         The noise uses `generator`, else the buffer's own generator (reproducible resumes)."""
         z0, idx = buffer.sample(batch_size)
         gen = buffer.generator if generator is None else generator
-        z = self(model, z0, generator=gen, logits_fn=logits_fn)
+        z = self(model, z0, generator=gen, logits_fn=logits_fn, cuda_graph=cuda_graph)
         buffer.update(idx, z)
         return z
+
+
+# The name of the settings before they became the [sgld] config section.
+SGLDSampler = SGLDConfig

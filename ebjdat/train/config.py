@@ -9,7 +9,6 @@ official values carry over unchanged.
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -18,22 +17,24 @@ from typing import Any
 
 import tomllib
 
+from ebjdat.attacks.adversarial import AdvConfig
 from ebjdat.data.datasets import DATASETS
+from ebjdat.sampling.sgld import SGLDConfig
+from ebjdat.settings import ConfigError, check_fields, setting
+
+__all__ = [
+    "AdvConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SGLDConfig",
+    "TrainConfig",
+]
 
 NONE = "none"  # TOML has no null: "none" stands for an absent optional value
-
-
-class ConfigError(ValueError):
-    """A bad config file, preset or override; the message names the key."""
-
-
-def _field(default: Any, *, choices: tuple[str, ...] | None = None, **limits: float) -> Any:
-    """A config field with its allowed values: `choices` for strings; ge/gt/le/lt bounds for
-    numbers (also each item of a list). Numbers must be finite unless a bound says inf."""
-    meta = {"choices": choices, "limits": limits}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 # What `--resume` may change, because it alters no result already computed: how long to train,
@@ -52,101 +53,75 @@ MAX_SEED = 2**32 - 1  # per-rank and per-retry seeds derived from it stay within
 
 @dataclass
 class DataConfig:
-    dataset: str = _field("digits", choices=DATASETS)
+    dataset: str = setting("digits", choices=DATASETS)
     root: str = ""
     download: bool = False
-    batch_size: int = _field(64, ge=1)  # positives x_p_d and SGLD chains
-    labelled_batch_size: int = _field(64, ge=1)  # the classification / adversarial batch
-    augment_pad: int = _field(1, ge=0)
+    batch_size: int = setting(64, ge=1)  # positives x_p_d and SGLD chains
+    labelled_batch_size: int = setting(64, ge=1)  # the classification / adversarial batch
+    augment_pad: int = setting(1, ge=0)
     augment_flip: bool = False
     augment_positives: bool = True  # SADA-JEM leaves x_p_d unaugmented
-    noise_std: float = _field(0.03, ge=0)  # data noise in [-1, 1] units, as the official code
+    noise_std: float = setting(0.03, ge=0)  # data noise in [-1, 1] units, as the official code
     noise_positives: bool = True
     noise_labelled: bool = True
-    image_size: int = _field(0, ge=0)  # only for imagefolder (0: dataset default)
+    image_size: int = setting(0, ge=0)  # only for imagefolder (0: dataset default)
 
 
 @dataclass
 class ModelConfig:
     arch: str = "wrn-10-2"  # wrn-DEPTH-WIDEN, checked by the model builder's parser
-    norm: str = _field("batch", choices=("batch", "none"))
-    bn_momentum: float = _field(0.9, ge=0, le=1)  # PyTorch convention: official "momentum 0.9"
-    dropout: float = _field(0.0, ge=0, lt=1)
-
-
-@dataclass
-class SGLDConfig:
-    buffer_size: int = _field(10000, ge=1)
-    reinit_freq: float = _field(0.05, ge=0, le=1)
-    init: str = _field("gaussian", choices=("gaussian", "uniform"))  # per-class Gaussians
-    steps: int = _field(10, ge=0)
-    step_size: float = _field(1.0, ge=0)
-    noise_std: float = _field(0.0, ge=0)
-    grad_clip: float | None = _field(1.0, gt=0)
-    clamp: bool = True  # keep samples in [-1, 1]; the official JEM sampler does not
-    bn_train: bool = True  # the official JEM++/SADA-JEM samplers run BN in train mode
-
-
-@dataclass
-class AdvConfig:
-    enabled: bool = True
-    # "logit" (official: ascend the true-class logit) or "ce"
-    objective: str = _field("ce", choices=("logit", "ce"))
-    perception_loss: bool = False
-    project: bool = True  # the official code never projects onto the eps-ball
-    eps: float = _field(8 / 255, ge=0, le=1)  # [0, 1] pixel units
-    step_size: float = _field(2 / 255, ge=0, le=1)
-    steps: int = _field(5, ge=0)
-    random_start: bool = True
+    norm: str = setting("batch", choices=("batch", "none"))
+    bn_momentum: float = setting(0.9, ge=0, le=1)  # PyTorch convention: official "momentum 0.9"
+    dropout: float = setting(0.0, ge=0, lt=1)
 
 
 @dataclass
 class LossConfig:
-    w_px: float = _field(1.0, ge=0)  # E(x+) - E(x_q): the generative term
-    w_ce: float = _field(1.0, ge=0)  # CE on clean labelled data
-    w_align: float = _field(0.1, ge=0)  # E(x+) - E(x_adv): adversarial energy alignment
-    w_ce_adv: float = _field(1.0, ge=0)  # CE on adversarial samples
+    w_px: float = setting(1.0, ge=0)  # E(x+) - E(x_q): the generative term
+    w_ce: float = setting(1.0, ge=0)  # CE on clean labelled data
+    w_align: float = setting(0.1, ge=0)  # E(x+) - E(x_adv): adversarial energy alignment
+    w_ce_adv: float = setting(1.0, ge=0)  # CE on adversarial samples
     # "paired": x+ = the clean images x_adv came from; "unpaired": the other minibatch, as the
     # official code does
-    align_positives: str = _field("paired", choices=("paired", "unpaired"))
+    align_positives: str = setting("paired", choices=("paired", "unpaired"))
 
 
 @dataclass
 class OptimConfig:
-    name: str = _field("sgd", choices=("sgd", "adam", "sam"))
-    lr: float = _field(0.01, ge=0)
-    momentum: float = _field(0.9, ge=0, lt=1)
-    weight_decay: float = _field(4e-4, ge=0)
-    betas: list[float] = _field([0.9, 0.999], ge=0, lt=1)
-    warmup_iters: int = _field(1000, ge=0)
-    decay_epochs: list[int] = _field([40, 80, 120], ge=0)
-    decay_rate: float = _field(0.2, gt=0)
-    sam_rho: float = _field(2.0, gt=0)
+    name: str = setting("sgd", choices=("sgd", "adam", "sam"))
+    lr: float = setting(0.01, ge=0)
+    momentum: float = setting(0.9, ge=0, lt=1)
+    weight_decay: float = setting(4e-4, ge=0)
+    betas: list[float] = setting([0.9, 0.999], ge=0, lt=1)
+    warmup_iters: int = setting(1000, ge=0)
+    decay_epochs: list[int] = setting([40, 80, 120], ge=0)
+    decay_rate: float = setting(0.2, gt=0)
+    sam_rho: float = setting(2.0, gt=0)
     sam_adaptive: bool = True
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _field(150, ge=0)
-    seed: int = _field(1, ge=0, le=MAX_SEED)
-    select_metric: str = _field("val_acc", choices=("val_acc", "val_robust_acc"))
-    eval_eps: float = _field(8 / 255, ge=0, le=1)  # PGD validation robustness, pixel units
-    eval_steps: int = _field(10, ge=0)
-    eval_limit: int = _field(1000, ge=0)  # validation examples for the robust metric per epoch
-    checkpoint_every_iters: int = _field(0, ge=0)  # 0: only at epoch ends
-    sample_grid: int = _field(64, ge=0)  # buffer samples written per epoch
-    max_loss: float = _field(1e8, gt=0)  # |loss| above this counts as divergence
-    max_energy: float = _field(1e6, gt=0)  # |mean buffer energy| above this: divergence
-    max_retries: int = _field(3, ge=0)
+    epochs: int = setting(150, ge=0)
+    seed: int = setting(1, ge=0, le=MAX_SEED)
+    select_metric: str = setting("val_acc", choices=("val_acc", "val_robust_acc"))
+    eval_eps: float = setting(8 / 255, ge=0, le=1)  # PGD validation robustness, pixel units
+    eval_steps: int = setting(10, ge=0)
+    eval_limit: int = setting(1000, ge=0)  # validation examples for the robust metric per epoch
+    checkpoint_every_iters: int = setting(0, ge=0)  # 0: only at epoch ends
+    sample_grid: int = setting(64, ge=0)  # buffer samples written per epoch
+    max_loss: float = setting(1e8, gt=0)  # |loss| above this counts as divergence
+    max_energy: float = setting(1e6, gt=0)  # |mean buffer energy| above this: divergence
+    max_retries: int = setting(3, ge=0)
     # The host reads the divergence check and the running metrics every sync_every iterations
     # (and before each checkpoint), so a GPU step never waits on them (train/watch.py).
-    sync_every: int = _field(20, ge=1)
-    retry_lr_factor: float = _field(0.5, gt=0, le=1)
+    sync_every: int = setting(20, ge=1)
+    retry_lr_factor: float = setting(0.5, gt=0, le=1)
     # Speed switches. channels_last keeps the same function (float rounding aside); autocast
     # "bf16" runs forwards in bfloat16 (energies and the loss stay float32): opt-in, the loss
     # then agrees to ~1e-2 relative; compile wraps the model's forward in torch.compile.
     channels_last: bool = True
-    autocast: str = _field("none", choices=("none", "bf16"))
+    autocast: str = setting("none", choices=("none", "bf16"))
     compile: bool = False
     # CUDA only: capture one SGLD and one adversarial step as CUDA graphs and replay them
     # (sampling/cuda_graphs.py); the same function, fewer kernel launches.
@@ -176,10 +151,7 @@ class Config:
         """Checks every key against its declared range, then the rules that join keys; the
         first problem raises a ConfigError that names the key."""
         for section in SECTIONS:
-            values = getattr(self, section)
-            hints = _section_types(section)
-            for f in fields(values):
-                _check_field(f"{section}.{f.name}", getattr(values, f.name), hints[f.name], f)
+            check_fields(getattr(self, section), section)
         from ebjdat.models.jem import parse_arch
 
         try:
@@ -201,39 +173,6 @@ class Config:
                 "train.eval_limit >= 1 (else the robust accuracy is never measured)"
             )
         return self
-
-
-def _check_field(key: str, value: Any, hint: Any, f: dataclasses.Field) -> None:
-    """One value against its type and its field's declared choices and bounds."""
-    choices = f.metadata.get("choices")
-    limits = f.metadata.get("limits", {})
-    if value is None:
-        if type(None) not in typing.get_args(hint):
-            raise ConfigError(f"{key} must be set (none is not allowed)")
-        return
-    if choices is not None:
-        _choice(key, value, choices)
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, bool) or not isinstance(item, (int, float)):
-            continue
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ConfigError(f"{key} must be a finite number, got {item}")
-        for name, bound in limits.items():
-            ok = {
-                "ge": item >= bound,
-                "gt": item > bound,
-                "le": item <= bound,
-                "lt": item < bound,
-            }[name]
-            if not ok:
-                sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[name]
-                shown = f"{bound:g}" if isinstance(bound, float) else str(bound)
-                raise ConfigError(f"{key} must be {sign} {shown}, got {item}")
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def _nones_to_strings(tree: Any) -> Any:

@@ -27,12 +27,12 @@ import torch.distributed as dist
 from torch import nn
 
 from ebjdat import checkpoint
-from ebjdat.attacks import AdvSamplerConfig, adversarial_samples, pgd_attack
+from ebjdat.attacks import adversarial_samples, pgd_attack
 from ebjdat.data import Augment, TensorLoader, to_float01
 from ebjdat.eval.robustness import clean_accuracy
 from ebjdat.files import write_text_atomic
 from ebjdat.models import JEM, Classifier, EnergyModel, frozen_bn_stats
-from ebjdat.sampling import ReplayBuffer, fit_class_gaussians, sgld
+from ebjdat.sampling import ReplayBuffer, fit_class_gaussians
 
 from . import rundir
 from .build import energy_model, load_named, resolve_config, user_data
@@ -242,16 +242,6 @@ class Trainer:
             )
         self.generator = _device_generator(self.device, rank_seed + 4)  # sampler noise, starts
         self.optimizer = self._optimizer()
-        a = self.cfg.adv
-        self.adv_cfg = AdvSamplerConfig(
-            objective=a.objective,
-            perception_loss=a.perception_loss,
-            project=a.project,
-            eps=a.eps,
-            step_size=a.step_size,
-            steps=a.steps,
-            random_start=a.random_start,
-        )
         self.watch = StepWatch(t.max_loss, t.max_energy, self.device, self.dist.world_size)
         self._resumed = False
         self._started = False
@@ -318,15 +308,9 @@ class Trainer:
         s = self.cfg.sgld
         with torch.autocast(self.device.type, enabled=False):  # buffer math stays float32
             z0, idx = self.buffer.sample(self.cfg.data.batch_size)
-        z = sgld(
+        z = s(  # the [sgld] section is the sampler
             self.model,
             z0.contiguous(memory_format=self.memory_format),
-            steps=s.steps,
-            step_size=s.step_size,
-            noise_std=s.noise_std,
-            grad_clip=s.grad_clip,
-            clamp=(-1.0, 1.0) if s.clamp else None,
-            bn_train=s.bn_train,
             generator=self.generator,
             logits_fn=self.logits,
             cuda_graph=self.cfg.train.cuda_graphs,
@@ -399,7 +383,7 @@ class Trainer:
                         self.model,
                         z_all,
                         y,
-                        self.adv_cfg,
+                        self.cfg.adv,  # the [adv] section is the sampler's settings
                         generator=self.generator,
                         logits_fn=f,
                         cuda_graph=self.cfg.train.cuda_graphs,
