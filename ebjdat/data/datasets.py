@@ -10,11 +10,13 @@ a fixed seed (JEM++ style), so model selection never touches the test split:
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_SEED = 20240917  # fixed: the val hold-out and the digits split must never change
 HOLDOUT_VAL = 5000  # CIFAR / SVHN validation images taken from train (as JEM++'s n_valid)
 DEFAULT_IMAGE_SIZE = 64  # imagefolder
+# What torchvision's ImageFolder reads (its IMG_EXTENSIONS), named in the no-images message.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
 CIFAR10_CLASSES = (
@@ -255,45 +258,85 @@ def _torchvision(name: str, split: str, root: Path, download: bool) -> TensorIma
 # ---- ImageFolder ------------------------------------------------------------------------------
 
 
-def _load_image(path: str, size: int) -> torch.Tensor:
-    """RGB uint8 [3, size, size]: shorter side resized to `size`, then centre-cropped."""
-    from PIL import Image
+def image_transform(size: int) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> RGB uint8 [3, size, size]: shorter side resized to `size` (bilinear), then
+    centre-cropped. Built from torchvision transforms, so DataLoader workers can pickle it."""
+    from torchvision import transforms
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        if (w, h) != (size, size):
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-        arr = np.array(im, dtype=np.uint8)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return transforms.Compose(
+        [
+            transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(size),
+            transforms.PILToTensor(),
+        ]
+    )
 
 
 class ImageFolderDataset(Dataset):
-    """Lazily decoded image files with labels; every image resized to `image_size` square."""
+    """One split of an image-folder tree, read by `torchvision.datasets.ImageFolder` (RGB,
+    resized to `image_size` square) with the labels of the *training* class list, so that they
+    agree across train/ and test/ or val/ (a class of train/ may be absent from the others)."""
 
-    def __init__(
-        self, paths: Sequence[str], labels: Sequence[int], classes: Sequence[str], image_size: int
-    ) -> None:
-        self.paths = list(paths)
-        self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
+    def __init__(self, folder: str | os.PathLike, classes: Sequence[str], image_size: int) -> None:
+        from torchvision.datasets import ImageFolder
+
+        folder = Path(folder)
         self.classes = tuple(classes)
-        self.image_size = image_size
+        self.image_size = int(image_size)
+        subfolders = [p.name for p in folder.iterdir() if p.is_dir()]
+        extra = sorted(set(subfolders) - set(self.classes))
+        if extra:
+            raise ValueError(f"imagefolder: '{folder}' has classes not in train/: {extra[:5]}")
+        no_images = DatasetNotFoundError(
+            f"imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) in '{folder}'"
+        )
+        if not subfolders:
+            raise no_images
+        self.folder = ImageFolder(
+            str(folder), transform=image_transform(self.image_size), allow_empty=True
+        )
+        if not self.folder.samples:
+            raise no_images
+        # The folder's own class indices -> the training class list's.
+        index = {c: i for i, c in enumerate(self.classes)}
+        own = self.folder.classes
+        self._set_samples([(path, index[own[t]]) for path, t in self.folder.samples])
+        self.folder.classes, self.folder.class_to_idx = list(self.classes), index
+
+    def _set_samples(self, samples: list[tuple[str, int]]) -> None:
+        self.folder.samples = self.folder.imgs = samples
+        self.folder.targets = [t for _, t in samples]
+
+    def subset(self, indices: Sequence[int]) -> ImageFolderDataset:
+        """The images at `indices`, in that order (sharing nothing mutable with self)."""
+        other = copy.copy(self)
+        other.folder = copy.copy(self.folder)
+        other._set_samples([self.folder.samples[i] for i in indices])
+        return other
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.folder.samples]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.as_tensor(self.folder.targets, dtype=torch.int64)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.folder)
 
     def load_uint8(self, index: int) -> torch.Tensor:
-        return _load_image(self.paths[index], self.image_size)
+        """Image `index` as RGB uint8 [3, image_size, image_size]."""
+        return self.folder[index][0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return to_float01(self.load_uint8(index)), int(self.labels[index])
+        image, label = self.folder[index]
+        return to_float01(image), int(label)
 
 
 def _folder_classes(root: Path) -> list[str]:
+    """The class list of root/train (sorted subfolder names, as torchvision's ImageFolder finds
+    them), read without torchvision so that `dataset_info` stays cheap."""
     train = root / "train"
     if not train.is_dir():
         raise DatasetNotFoundError(
@@ -304,29 +347,6 @@ def _folder_classes(root: Path) -> list[str]:
     if not classes:
         raise DatasetNotFoundError(f"imagefolder: no class subfolders in '{train}'")
     return classes
-
-
-def _scan(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
-    """Files under folder/<class>/ for the *training* class list, so labels agree across splits."""
-    known = set(classes)
-    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in known)
-    if extra:
-        raise ValueError(f"imagefolder: '{folder}' has classes not in train/: {extra[:5]}")
-    paths: list[str] = []
-    labels: list[int] = []
-    for label, cls in enumerate(classes):
-        d = folder / cls
-        if not d.is_dir():
-            continue
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(str(f))
-                labels.append(label)
-    if not paths:
-        raise DatasetNotFoundError(
-            f"imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) in '{folder}'"
-        )
-    return paths, labels
 
 
 def _imagefolder(split: str, root: Path, image_size: int) -> ImageFolderDataset:
@@ -342,21 +362,19 @@ def _imagefolder(split: str, root: Path, image_size: int) -> ImageFolderDataset:
             f"imagefolder: '{root}' needs a held-out folder 'test/' or 'val/' beside 'train/'"
         )
     if split == "test":
-        folder = root / ("test" if has_test else "val")
-        return ImageFolderDataset(*_scan(folder, classes), classes, image_size)
+        return ImageFolderDataset(root / ("test" if has_test else "val"), classes, image_size)
     if split == "val" and has_test and has_val:
-        return ImageFolderDataset(*_scan(root / "val", classes), classes, image_size)
-    paths, labels = _scan(root / "train", classes)
-    if not (has_test and has_val):
-        if len(paths) < 2:
-            raise ValueError(
-                f"imagefolder: '{root / 'train'}' needs at least 2 images to hold "
-                "out a validation split"
-            )
-        n_val = min(HOLDOUT_VAL, max(1, round(0.1 * len(paths))))
-        idx = _holdout(len(paths), n_val)[split].tolist()
-        paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]
-    return ImageFolderDataset(paths, labels, classes, image_size)
+        return ImageFolderDataset(root / "val", classes, image_size)
+    train = ImageFolderDataset(root / "train", classes, image_size)
+    if has_test and has_val:
+        return train
+    if len(train) < 2:
+        raise ValueError(
+            f"imagefolder: '{root / 'train'}' needs at least 2 images to hold out a validation "
+            "split"
+        )
+    n_val = min(HOLDOUT_VAL, max(1, round(0.1 * len(train))))
+    return train.subset(_holdout(len(train), n_val)[split].tolist())
 
 
 SYNTHETIC_SIZES = {"train": 1024, "val": 256, "test": 256}
@@ -459,4 +477,4 @@ def load_split_tensors(
     if len(ds) == 0:
         raise ValueError(f"{name} {split} split is empty")
     images = torch.stack([ds.load_uint8(i) for i in range(len(ds))])
-    return images, ds.labels.clone()
+    return images, ds.labels

@@ -230,7 +230,7 @@ class Trainer:
             s = self.cfg.sgld
             gaussians = None
             if s.init == "gaussian":
-                gaussians = fit_class_gaussians(train_x, train_y, self.num_classes)
+                gaussians = fit_class_gaussians(train_x, train_y, self.num_classes, log=self.log)
             self.buffer = ReplayBuffer(
                 s.buffer_size,
                 self.image_shape,
