@@ -47,6 +47,8 @@ _EXPORTS = {
     "Classifier": "ebjdat.models",
     "EnergyModel": "ebjdat.models",
     "CheckpointError": "ebjdat.checkpoint",
+    "export_checkpoint": "ebjdat.export",
+    "ExportError": "ebjdat.export",
 }
 
 
@@ -75,16 +77,18 @@ def __dir__() -> list[str]:
 
 
 def load_classifier(path: str, device: str = "cpu", *, model: Any = None) -> Any:
-    """An eval-mode module mapping [0, 1] images to logits, from a training checkpoint; for a
-    user model, `model` is the untrained module to load the weights into when the checkpoint
-    records no importable builder."""
+    """An eval-mode module mapping [0, 1] images to logits, from a training checkpoint or an
+    export directory (`ebjdat-export CKPT --out DIR`, or its model.json); for a user model,
+    `model` is the untrained module to load the weights into when no importable builder is
+    recorded."""
     from .models import load_classifier as load
 
     return load(path, device, model=model)
 
 
 def load_model(path: str, device: str = "cpu", *, model: Any = None) -> Any:
-    """The full energy model (logits, energies, samplers' internal view) of a checkpoint."""
+    """The full energy model (logits, energies, samplers' internal view) of a checkpoint or an
+    export directory."""
     from .models import load_model as load
 
     return load(path, device, model=model)
