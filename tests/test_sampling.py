@@ -424,3 +424,18 @@ def test_gaussians_state_dict_weights_only() -> None:
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="class 3"):
         ClassGaussians().fit(x, labels, 4)
+
+
+def test_buffer_update_with_repeated_slots_is_last_wins() -> None:
+    """A slot drawn twice in one batch keeps the batch's last chain, as a sequential loop of
+    writes would: never whichever thread happened to write last."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        buf = ReplayBuffer(8, (3, 16, 16), generator=torch.Generator().manual_seed(1))
+        idx = torch.randint(0, 8, (64,), generator=g)  # many repeats
+        x = torch.randn(64, 3, 16, 16, generator=g)
+        want = buf.buffer.clone()
+        for i, slot in enumerate(idx.tolist()):  # reference: one write at a time
+            want[slot] = x[i]
+        buf.update(idx, x)
+        assert torch.equal(buf.buffer, want)

@@ -92,8 +92,15 @@ class ReplayBuffer:
 
     @torch.no_grad()
     def update(self, idx: torch.Tensor, x: torch.Tensor) -> None:
-        """Write the chains' new states back to their slots."""
-        self.buffer[idx.to(self.device)] = x.detach().to(self.device, self.dtype)
+        """Write the chains' new states back to their slots; a slot drawn twice keeps the chain
+        that comes last in the batch. An indexed write with repeated indices leaves the winner
+        to thread scheduling (it differed between identical CPU runs), so every repeat writes
+        the last chain's value and the result no longer depends on the order. No host sync."""
+        idx = idx.to(self.device)
+        same = idx[:, None] == idx[None, :]
+        positions = torch.arange(len(idx), device=self.device)
+        last = torch.where(same, positions, -1).amax(dim=1)  # the last position of each slot
+        self.buffer[idx] = x.detach().to(self.device, self.dtype)[last]
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self, *, include_gaussians: bool = False) -> dict[str, object]:
