@@ -187,7 +187,7 @@ def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - (Conf
 
 
 def _distributed():  # noqa: ANN202 - (Distributed, local_rank)
-    from ebjdat.train.trainer import Distributed
+    from ebjdat.train.build import Distributed
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -240,6 +240,7 @@ def run(argv: list[str] | None = None) -> int:
     from ebjdat.checkpoint import CheckpointError
     from ebjdat.data import DatasetNotFoundError
     from ebjdat.train import ConfigError, Trainer, TrainingInterrupted, TrainingStopped
+    from ebjdat.train.build import build_training
     from ebjdat.train.config import from_dict
     from ebjdat.train.rundir import RunDirError, check_new
 
@@ -269,13 +270,8 @@ def run(argv: list[str] | None = None) -> int:
         check_backends(device)
         out_name, tree = _on_rank0(distributed, prepare, usage_errors)
         out, cfg = Path(out_name), from_dict(tree).validate()
-        trainer = Trainer(
-            config=cfg,
-            out_dir=out,
-            device=device,
-            distributed=distributed,
-            progress_bar=not args.no_progress,
-        )
+        parts = build_training(config=cfg, device=device, distributed=distributed)
+        trainer = Trainer.from_parts(parts, out_dir=out, progress_bar=not args.no_progress)
         if args.resume:
             # A single process read the checkpoint already; other ranks read their own.
             trainer.resume(loaded[0] if distributed.world_size == 1 else None)

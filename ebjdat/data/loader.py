@@ -94,45 +94,31 @@ def _make_generator(
     return g
 
 
-class TensorLoader:
-    """Shuffled (optionally augmented) batches `(x in [0, 1] float32, y int64)` on `device`.
-
-    `images` is a whole split [N, C, H, W], uint8 (0..255) or float ([0, 1]); it is moved to
-    `device` once. `generator` is a `torch.Generator` (best on `device`), an int seed, or None
-    (a seed from the global RNG). Iterating yields the rest of the current epoch; an interrupted
-    epoch continues where it stopped, at the next `iter()` or after `load_state_dict`.
-    """
+class EpochLoader:
+    """What every training loader shares: shuffled epochs of fixed-size batches whose order,
+    position and randomness (permutation, augmentation) live in one `torch.Generator`, so that
+    `state_dict()` resumes exactly. Subclasses say how a batch of indices becomes images."""
 
     def __init__(
         self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
+        num_samples: int,
         batch_size: int,
         *,
-        device: torch.device | str | None = None,
-        generator: torch.Generator | int | None = None,
-        augment: Augment | None = None,
-        drop_last: bool = True,
-        shuffle: bool = True,
+        device: torch.device,
+        generator: torch.Generator | int | None,
+        augment: Augment | None,
+        drop_last: bool,
+        shuffle: bool,
     ) -> None:
-        if images.dim() != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"labels must be [N] with N = {images.shape[0]}, got shape {tuple(labels.shape)}"
-            )
-        if images.dtype != torch.uint8 and not images.is_floating_point():
-            raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if drop_last and images.shape[0] < batch_size:
+        if drop_last and num_samples < batch_size:
             raise ValueError(
-                f"batch_size {batch_size} exceeds the {images.shape[0]} images with "
+                f"batch_size {batch_size} exceeds the {num_samples} images with "
                 "drop_last=True: an epoch would be empty"
             )
-        self.device = torch.device(device) if device is not None else images.device
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device, torch.int64)
+        self.device = device
+        self._num_samples = num_samples
         self.batch_size = batch_size
         self.augment = augment
         self.drop_last = drop_last
@@ -144,7 +130,7 @@ class TensorLoader:
 
     @property
     def num_samples(self) -> int:
-        return self.images.shape[0]
+        return self._num_samples
 
     @property
     def epoch(self) -> int:
@@ -176,22 +162,20 @@ class TensorLoader:
             self._perm = perm.to(self.device)
         return self._perm
 
-    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_float01(self.images[idx])
-        if self.augment is not None:
-            x = self.augment(x, self.generator)
-        return x, self.labels[idx]
-
-    def __iter__(self):  # noqa: ANN204 - a generator of (x, y) batches
+    def _remaining(self) -> list[torch.Tensor]:
+        """The index batches still to serve in this epoch (a new epoch if this one is done)."""
         if self._position >= len(self):
             self._rollover()
-        while self._position < len(self):
-            start = self._position * self.batch_size
-            idx = self._order()[start : start + self.batch_size]
-            batch = self._batch(idx)
-            self._position += 1
-            yield batch
-        self._rollover()
+        order, b = self._order(), self.batch_size
+        return [order[i * b : (i + 1) * b] for i in range(self._position, len(self))]
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[0, 1] float images (augmented) and int64 labels on the device; counts the batch."""
+        x = to_float01(x)
+        if self.augment is not None:
+            x = self.augment(x, self.generator)
+        self._position += 1
+        return x, y.to(self.device, torch.int64)
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, position, this epoch's order and the generator state (weights_only-safe)."""
@@ -216,3 +200,51 @@ class TensorLoader:
         perm = state["perm"]
         self._perm = None if perm is None else perm.to(self.device)
         self.generator.set_state(state["generator"])
+
+
+class TensorLoader(EpochLoader):
+    """Shuffled (optionally augmented) batches `(x in [0, 1] float32, y int64)` on `device`.
+
+    `images` is a whole split [N, C, H, W], uint8 (0..255) or float ([0, 1]); it is moved to
+    `device` once. `generator` is a `torch.Generator` (best on `device`), an int seed, or None
+    (a seed from the global RNG). Iterating yields the rest of the current epoch; an interrupted
+    epoch continues where it stopped, at the next `iter()` or after `load_state_dict`.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | int | None = None,
+        augment: Augment | None = None,
+        drop_last: bool = True,
+        shuffle: bool = True,
+    ) -> None:
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"labels must be [N] with N = {images.shape[0]}, got shape {tuple(labels.shape)}"
+            )
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+        device = torch.device(device) if device is not None else images.device
+        super().__init__(
+            images.shape[0],
+            batch_size,
+            device=device,
+            generator=generator,
+            augment=augment,
+            drop_last=drop_last,
+            shuffle=shuffle,
+        )
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+
+    def __iter__(self):  # noqa: ANN204 - a generator of (x, y) batches
+        for idx in self._remaining():
+            yield self._finish(self.images[idx], self.labels[idx])
+        self._rollover()

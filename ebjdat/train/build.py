@@ -5,17 +5,31 @@ model (ebjdat's WideResNet, or any classifier mapping [0, 1] images to logits)."
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ebjdat.data import dataset_info, load_split_tensors
+from ebjdat.data import (
+    Augment,
+    TensorLoader,
+    dataset_info,
+    get_dataset,
+    load_split_tensors,
+    to_float01,
+)
+from ebjdat.data.loader import EpochLoader
+from ebjdat.data.stream import StreamLoader, check_batch, collate, labels_of, read_examples
 from ebjdat.models import Classifier, EnergyModel, build_model
+from ebjdat.sampling import ReplayBuffer, fit_class_gaussians
 
 from .config import Config, ConfigError, apply, load_preset
+from .losses import needs
+from .sam import SAM
 
 
 def resolve_config(preset: str, config: Config | Mapping[str, Any] | None) -> Config:
@@ -41,28 +55,84 @@ def resolve_config(preset: str, config: Config | Mapping[str, Any] | None) -> Co
 
 @dataclass
 class TrainData:
-    """Both splits as whole tensors: images [N, C, H, W] (uint8 or float in [0, 1]), labels [N]."""
+    """The training split, in memory (train_x [N, C, H, W] uint8 or float in [0, 1], train_y
+    [N]) or as a Dataset to stream (train_set), and the validation split as whole tensors."""
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
+    train_x: torch.Tensor | None
+    train_y: torch.Tensor | None
     val_x: torch.Tensor
     val_y: torch.Tensor
     num_classes: int
     name: str
+    train_set: Dataset | None = None  # streamed through a DataLoader when set
+    train_labels: torch.Tensor | None = None  # train_set's labels, in its order
+
+    @property
+    def streamed(self) -> bool:
+        return self.train_set is not None
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_set) if self.train_set is not None else len(self.train_x)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.val_x.shape[1:])
+
+    def first_images(self, n: int) -> torch.Tensor:
+        """The first n training images in [0, 1] (a probe batch for the model)."""
+        if self.train_set is not None:
+            return to_float01(read_examples(self.train_set, list(range(n)))[0])
+        return to_float01(self.train_x[:n])
+
+    def gaussian_examples(self, log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images the class Gaussians are fitted to: the whole split in memory; from a
+        streamed split at most GAUSSIAN_FIT_PER_CLASS per class, the first ones in the
+        split's order, so that a class with fewer gets the same fit on both paths."""
+        if self.train_set is None:
+            return self.train_x, self.train_y
+        labels = self.train_labels
+        picked = [
+            (labels == k).nonzero().flatten()[:GAUSSIAN_FIT_PER_CLASS]
+            for k in range(self.num_classes)
+        ]
+        index = torch.cat(picked).sort().values
+        if len(index) < len(labels):
+            log(
+                f"class Gaussians fitted to {len(index)} of the {len(labels)} streamed training "
+                f"images (at most {GAUSSIAN_FIT_PER_CLASS} per class)"
+            )
+        return read_examples(self.train_set, index.tolist())
 
 
-def load_named(cfg: Config) -> TrainData:
-    """The dataset the config names (its train and val splits)."""
+# A streamed split's class Gaussians are fitted to this many images per class at most.
+GAUSSIAN_FIT_PER_CLASS = 256
+# The "auto" loader keeps a split in memory (on the training device) up to this size.
+MEMORY_BUDGET_BYTES = 2 << 30
+
+
+def load_named(cfg: Config, log: Callable[[str], None] = print) -> TrainData:
+    """The dataset the config names (its train and val splits); data.loader decides whether
+    the training split is loaded whole or streamed."""
     d = cfg.data
     root = d.root or None
     size = d.image_size or None
     info = dataset_info(d.dataset, root, image_size=size)
-    train_x, train_y = load_split_tensors(d.dataset, "train", root, d.download, size)
     val_x, val_y = load_split_tensors(d.dataset, "val", root, d.download, size)
+    if d.loader != "memory":
+        train_set = get_dataset(d.dataset, "train", root, d.download, image_size=size)
+        bytes_needed = len(train_set) * val_x[0].numel() * val_x.element_size()
+        if d.loader == "stream" or bytes_needed > MEMORY_BUDGET_BYTES:
+            if d.loader == "auto":
+                log(
+                    f"streaming the {d.dataset} training split ({bytes_needed / 2**30:.1f} GiB "
+                    f"> {MEMORY_BUDGET_BYTES / 2**30:.0f} GiB in memory) with {d.workers} workers"
+                )
+            labels = labels_of(train_set, d.workers)
+            return TrainData(
+                None, None, val_x, val_y, info.num_classes, d.dataset, train_set, labels
+            )
+    train_x, train_y = load_split_tensors(d.dataset, "train", root, d.download, size)
     return TrainData(train_x, train_y, val_x, val_y, info.num_classes, d.dataset)
 
 
@@ -107,30 +177,109 @@ def as_tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.long()
 
 
+def _hold_out(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val, train) indices: a fixed, seeded 10% (at most 1000) of n examples for validation."""
+    n_val = min(1000, max(1, n // 10))
+    if n - n_val < 2:
+        raise ValueError("train_data needs at least 3 examples to hold out a validation split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:n_val], order[n_val:]
+
+
+def _item_bytes(data: Any) -> int:
+    x, _ = collate([data[0]])
+    return x.numel() * x.element_size()
+
+
 def user_data(
-    train_data: Any, val_data: Any, seed: int, log: Callable[[str], None]
+    train_data: Any,
+    val_data: Any,
+    seed: int,
+    log: Callable[[str], None],
+    loader: str = "memory",
+    workers: int = 0,
 ) -> TrainData:
     """TrainData from the user's own data; without val_data a fixed, seeded 10% (at most 1000
-    images) of train_data is held out for validation and model selection, and said so."""
+    images) of train_data is held out for validation and model selection, and said so.
+    `loader` is data.loader: "memory" stacks a Dataset into tensors, "stream" reads it batch by
+    batch, "auto" streams a Dataset larger than MEMORY_BUDGET_BYTES."""
+    pair = isinstance(train_data, (tuple, list)) and len(train_data) == 2 and all(
+        isinstance(t, torch.Tensor) for t in train_data
+    )
+    stream = loader == "stream"
+    if loader == "auto" and not pair and hasattr(train_data, "__getitem__"):
+        try:
+            size = len(train_data) * _item_bytes(train_data) if len(train_data) else 0
+        except (ValueError, TypeError, IndexError, KeyError):
+            size = 0  # as_tensors below reports what is wrong with the items
+        stream = size > MEMORY_BUDGET_BYTES
+        if stream:
+            log(
+                f"streaming train_data ({size / 2**30:.1f} GiB > "
+                f"{MEMORY_BUDGET_BYTES / 2**30:.0f} GiB in memory) with {workers} workers"
+            )
+    if stream:
+        return _streamed_user_data(train_data, val_data, seed, log, workers, pair)
     train_x, train_y = as_tensors(train_data, "train_data")
     if val_data is not None:
-        val_x, val_y = as_tensors(val_data, "val_data")
-        if val_x.shape[1:] != train_x.shape[1:]:
-            raise ValueError(
-                f"val_data images are {tuple(val_x.shape[1:])}, train_data's "
-                f"{tuple(train_x.shape[1:])}"
-            )
+        val_x, val_y = _val_tensors(val_data, train_x.shape[1:])
     else:
-        n_val = min(1000, max(1, len(train_x) // 10))
-        if len(train_x) - n_val < 2:
-            raise ValueError("train_data needs at least 3 examples to hold out a validation split")
-        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
-        val_idx, train_idx = order[:n_val], order[n_val:]
+        val_idx, train_idx = _hold_out(len(train_x), seed)
         val_x, val_y = train_x[val_idx], train_y[val_idx]
         train_x, train_y = train_x[train_idx], train_y[train_idx]
-        log(f"no val_data: holding out {n_val} of the training examples for validation")
+        log(f"no val_data: holding out {len(val_idx)} of the training examples for validation")
     num_classes = int(max(train_y.max(), val_y.max())) + 1
     return TrainData(train_x, train_y, val_x, val_y, max(num_classes, 2), "user data")
+
+
+def _val_tensors(val_data: Any, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    val_x, val_y = as_tensors(val_data, "val_data")
+    if val_x.shape[1:] != shape:
+        raise ValueError(
+            f"val_data images are {tuple(val_x.shape[1:])}, train_data's {tuple(shape)}"
+        )
+    return val_x, val_y
+
+
+def _streamed_user_data(
+    train_data: Any,
+    val_data: Any,
+    seed: int,
+    log: Callable[[str], None],
+    workers: int,
+    pair: bool,
+) -> TrainData:
+    """The user's Dataset to stream: its first item and all its labels are checked now, every
+    image as its batch arrives (data/stream.py); the validation split is read whole."""
+    dataset = TensorDataset(*train_data) if pair else train_data
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise TypeError(
+            f"train_data must be a map-style Dataset of (image, label) or an (images, labels) "
+            f"pair of tensors, got {type(train_data).__name__}"
+        )
+    if len(dataset) == 0:
+        raise ValueError("train_data is empty")
+    try:
+        check_batch(*collate([dataset[0]]), None)
+    except ValueError as err:
+        raise ValueError(f"train_data: {err}") from None
+    labels = labels_of(dataset, workers)
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"train_data: labels must be >= 0, got {int(labels.min())}")
+    shape = tuple(collate([dataset[0]])[0].shape[1:])
+    if val_data is not None:
+        val_x, val_y = _val_tensors(val_data, shape)
+        train_set, train_labels = dataset, labels
+    else:
+        val_idx, train_idx = _hold_out(len(dataset), seed)
+        val_x, val_y = read_examples(dataset, val_idx.tolist(), workers)
+        val_x, val_y = as_tensors((val_x, val_y), "train_data")
+        train_set, train_labels = Subset(dataset, train_idx.tolist()), labels[train_idx]
+        log(f"no val_data: holding out {len(val_idx)} of the training examples for validation")
+    num_classes = int(max(train_labels.max(), val_y.max())) + 1
+    return TrainData(
+        None, None, val_x, val_y, max(num_classes, 2), "user data", train_set, train_labels
+    )
 
 
 def energy_model(model: nn.Module | None, cfg: Config, data: TrainData) -> EnergyModel:
@@ -152,8 +301,7 @@ def energy_model(model: nn.Module | None, cfg: Config, data: TrainData) -> Energ
         raise TypeError("Trainer's first argument is the model; pass the config as config=...")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    probe = data.train_x[:2].float()
-    probe = probe / 255.0 if data.train_x.dtype == torch.uint8 else probe
+    probe = data.first_images(2)
     was_training = model.training
     model.eval()
     try:
@@ -179,3 +327,188 @@ def energy_model(model: nn.Module | None, cfg: Config, data: TrainData) -> Energ
         raise ValueError("model outputs non-finite logits on training images")
     data.num_classes = k
     return model if isinstance(model, EnergyModel) else Classifier(model, k)
+
+
+@dataclass
+class Distributed:
+    """This process's place among the data-parallel ranks."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed)
+
+
+def sampler_seed(seed: int, rank: int) -> int:
+    """The seed of the sampler noise and starts for a run (or rollback) seed and a rank."""
+    return seed * 1000 + rank + 4
+
+
+@dataclass
+class TrainingParts:
+    """Everything a Trainer runs on, built and checked before anything is written: the config,
+    the energy model and the forward the samplers call, both loaders, the replay buffer, the
+    sampler generator, the optimiser and the validation split."""
+
+    cfg: Config
+    device: torch.device
+    dist: Distributed
+    model: EnergyModel
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    memory_format: torch.memory_format
+    labelled: EpochLoader
+    positives: EpochLoader
+    buffer: ReplayBuffer | None
+    generator: torch.Generator
+    optimizer: torch.optim.Optimizer
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    image_shape: tuple[int, ...]
+    num_classes: int
+    data_source: str  # "config": the dataset the config names; "user": data passed in
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = model.parameters()
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    sgd = dict(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "sam":
+        return SAM(params, torch.optim.SGD, rho=o.sam_rho, adaptive=o.sam_adaptive, **sgd)
+    return torch.optim.SGD(params, **sgd)
+
+
+def build_loaders(
+    cfg: Config, data: TrainData, device: torch.device, rank: int
+) -> tuple[EpochLoader, EpochLoader]:
+    """The labelled and the positive streams: independent shuffles of the same split, each
+    from its own seeded generator, in memory or streamed as the data says."""
+    d = cfg.data
+    rank_seed = cfg.train.seed * 1000 + rank
+
+    def augment(on: bool, noise: bool) -> Augment:
+        return Augment(
+            pad=d.augment_pad if on else 0,
+            flip=d.augment_flip and on,
+            noise_std=d.noise_std if noise else 0.0,
+        )
+
+    def loader(batch_size: int, offset: int, aug: Augment) -> EpochLoader:
+        generator = device_generator(device, rank_seed + offset)
+        if data.train_set is not None:
+            return StreamLoader(
+                data.train_set,
+                batch_size,
+                device=device,
+                generator=generator,
+                augment=aug,
+                workers=d.workers,
+                num_classes=data.num_classes,
+            )
+        return TensorLoader(
+            data.train_x, data.train_y, batch_size, device=device, generator=generator, augment=aug
+        )
+
+    labelled = loader(d.labelled_batch_size, 1, augment(True, d.noise_labelled))
+    positives = loader(d.batch_size, 2, augment(d.augment_positives, d.noise_positives))
+    return labelled, positives
+
+
+def build_buffer(
+    cfg: Config,
+    data: TrainData,
+    device: torch.device,
+    rank: int,
+    log: Callable[[str], None],
+) -> ReplayBuffer:
+    s = cfg.sgld
+    gaussians = None
+    if s.init == "gaussian":
+        x, y = data.gaussian_examples(log)
+        gaussians = fit_class_gaussians(x, y, data.num_classes, log=log)
+    return ReplayBuffer(
+        s.buffer_size,
+        data.image_shape,
+        device=device,
+        init=s.init,
+        gaussians=gaussians,
+        reinit_freq=s.reinit_freq,
+        generator=device_generator(device, cfg.train.seed * 1000 + rank + 3),
+    )
+
+
+def build_training(
+    model: nn.Module | None = None,
+    train_data: Any = None,
+    *,
+    val_data: Any = None,
+    preset: str = "digits",
+    config: Config | Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    distributed: Distributed | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainingParts:
+    """The parts of a training run (see Trainer for the arguments), every one checked: a bad
+    config key, data, model or device raises here, before a run directory exists."""
+    cfg = resolve_config(preset, config)
+    dist = distributed or Distributed()
+    log = log if dist.main else (lambda message: None)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    t, d = cfg.train, cfg.data
+    if t.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graphs needs a CUDA device, not {device}; set it to false")
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    if train_data is None:
+        if val_data is not None:
+            raise ValueError("val_data needs train_data (or neither: the config's dataset)")
+        data = load_named(cfg, log)
+    else:
+        data = user_data(train_data, val_data, t.seed, log, d.loader, d.workers)
+    for key, size in (
+        ("data.labelled_batch_size", d.labelled_batch_size),
+        ("data.batch_size", d.batch_size),
+    ):
+        if size > data.num_train:
+            raise ConfigError(
+                f"{key} = {size} is larger than the {data.name} training split "
+                f"({data.num_train} images)"
+            )
+    energy = energy_model(model, cfg, data).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    energy.to(memory_format=memory_format)
+    # The forward the samplers and the loss call (compiled or not); evaluation and checkpoints
+    # use the model itself.
+    logits = torch.compile(energy.logits_internal) if t.compile else energy.logits_internal
+    labelled, positives = build_loaders(cfg, data, device, dist.rank)
+    need = needs(cfg.loss, cfg.adv.enabled)
+    buffer = build_buffer(cfg, data, device, dist.rank, log) if need["samples"] else None
+    return TrainingParts(
+        cfg=cfg,
+        device=device,
+        dist=dist,
+        model=energy,
+        logits=logits,
+        memory_format=memory_format,
+        labelled=labelled,
+        positives=positives,
+        buffer=buffer,
+        generator=device_generator(device, sampler_seed(t.seed, dist.rank)),
+        optimizer=build_optimizer(cfg, energy),
+        val_x=data.val_x,
+        val_y=data.val_y,
+        image_shape=data.image_shape,
+        num_classes=data.num_classes,
+        data_source="config" if train_data is None else "user",
+    )

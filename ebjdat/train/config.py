@@ -38,7 +38,8 @@ NONE = "none"  # TOML has no null: "none" stands for an absent optional value
 
 
 # What `--resume` may change, because it alters no result already computed: how long to train,
-# how often to checkpoint and draw grids, how often a rollback may retry, and where the data is.
+# how often to checkpoint and draw grids, how often a rollback may retry, and where the data is
+# and how it is read.
 RESUME_SAFE_KEYS = (
     "train.epochs",
     "train.checkpoint_every_iters",
@@ -46,6 +47,8 @@ RESUME_SAFE_KEYS = (
     "train.max_retries",
     "data.root",
     "data.download",
+    "data.loader",
+    "data.workers",
 )
 
 MAX_SEED = 2**32 - 1  # per-rank and per-retry seeds derived from it stay within 64 bits
@@ -65,6 +68,11 @@ class DataConfig:
     noise_positives: bool = True
     noise_labelled: bool = True
     image_size: int = setting(0, ge=0)  # only for imagefolder (0: dataset default)
+    # "memory": the training split on the device, one gather per batch (fast for small sets);
+    # "stream": read batch by batch by a DataLoader with `workers` processes; "auto": memory up
+    # to 2 GiB. Both give the same batches for the same seed.
+    loader: str = setting("auto", choices=("auto", "memory", "stream"))
+    workers: int = setting(2, ge=0)  # DataLoader worker processes when streaming
 
 
 @dataclass

@@ -28,14 +28,13 @@ from torch import nn
 
 from ebjdat import checkpoint
 from ebjdat.attacks import adversarial_samples, pgd_attack
-from ebjdat.data import Augment, TensorLoader, to_float01
+from ebjdat.data import to_float01
 from ebjdat.eval.robustness import clean_accuracy
 from ebjdat.files import write_text_atomic
-from ebjdat.models import JEM, Classifier, EnergyModel, frozen_bn_stats
-from ebjdat.sampling import ReplayBuffer, fit_class_gaussians
+from ebjdat.models import Classifier, EnergyModel, frozen_bn_stats
 
 from . import rundir
-from .build import energy_model, load_named, resolve_config, user_data
+from .build import Distributed, TrainingParts, build_training, device_generator, sampler_seed
 from .config import RESUME_SAFE_KEYS, Config, ConfigError, from_dict, to_toml
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
@@ -98,20 +97,6 @@ class Progress:
     seed: int = 0  # the current sampler seed (changed by a rollback)
 
 
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _device_generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device).manual_seed(seed)
-
-
 class Trainer:
     """EB-JDAT training of one classifier: the loop, its state, checkpoints, exact resume and
     divergence rollback.
@@ -139,45 +124,65 @@ class Trainer:
         progress_bar: bool = True,
         handle_signals: bool = True,
     ) -> None:
-        self.cfg = resolve_config(preset, config)
+        parts = build_training(
+            model,
+            train_data,
+            val_data=val_data,
+            preset=preset,
+            config=config,
+            device=device,
+            distributed=distributed,
+            log=log,
+        )
+        self._adopt(parts, out_dir, log, progress_bar, handle_signals)
+
+    @classmethod
+    def from_parts(
+        cls,
+        parts: TrainingParts,
+        *,
+        out_dir: str | Path | None = None,
+        log: Callable[[str], None] = print,
+        progress_bar: bool = True,
+        handle_signals: bool = True,
+    ) -> Trainer:
+        """A Trainer on parts that `build_training` made (the CLI builds them first)."""
+        trainer = cls.__new__(cls)
+        trainer._adopt(parts, out_dir, log, progress_bar, handle_signals)
+        return trainer
+
+    def _adopt(
+        self,
+        parts: TrainingParts,
+        out_dir: str | Path | None,
+        log: Callable[[str], None],
+        progress_bar: bool,
+        handle_signals: bool,
+    ) -> None:
+        self.cfg, self.device, self.dist = parts.cfg, parts.device, parts.dist
+        self.model: EnergyModel = parts.model
+        self.logits, self.memory_format = parts.logits, parts.memory_format
+        self.labelled, self.positives, self.buffer = parts.labelled, parts.positives, parts.buffer
+        self.generator, self.optimizer = parts.generator, parts.optimizer
+        self.val_x, self.val_y = parts.val_x, parts.val_y
+        self.image_shape, self.num_classes = parts.image_shape, parts.num_classes
+        self.data_source = parts.data_source
         self.out = Path(out_dir) if out_dir is not None else None
         self.handle_signals = handle_signals
+        self.log = log if self.dist.main else (lambda msg: None)
+        self.progress_bar = progress_bar and self.dist.main
+        self.need = needs(self.cfg.loss, self.cfg.adv.enabled)
+        self.state = Progress(seed=self.cfg.train.seed)
+        self.watch = StepWatch(
+            self.cfg.train.max_loss, self.cfg.train.max_energy, self.device, self.dist.world_size
+        )
+        self._positive_batches = iter(self.positives)
         self._stop_signal: int | None = None
         self._memory: bytes | None = None  # the last checkpoint, when there is no out_dir
         self.run_id: str | None = None
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.dist = distributed or Distributed()
-        self.log = log if self.dist.main else (lambda msg: None)
-        self.progress_bar = progress_bar and self.dist.main
-        self.state = Progress(seed=self.cfg.train.seed)
-        self.need = needs(self.cfg.loss, self.cfg.adv.enabled)
-        torch.manual_seed(self.cfg.train.seed)
-        random.seed(self.cfg.train.seed)
-
-        d = self.cfg.data
-        if train_data is None:
-            if val_data is not None:
-                raise ValueError("val_data needs train_data (or neither: the config's dataset)")
-            data = load_named(self.cfg)
-        else:
-            data = user_data(train_data, val_data, self.cfg.train.seed, self.log)
-        train_x, train_y = data.train_x, data.train_y
-        self.val_x, self.val_y = data.val_x, data.val_y
-        self.image_shape = data.image_shape
-        for key, size in (
-            ("data.labelled_batch_size", d.labelled_batch_size),
-            ("data.batch_size", d.batch_size),
-        ):
-            if size > len(train_x):
-                raise ConfigError(
-                    f"{key} = {size} is larger than the {data.name} training split "
-                    f"({len(train_x)} images)"
-                )
-        self.model: EnergyModel = energy_model(model, self.cfg, data).to(self.device)
-        self.num_classes = data.num_classes
-        self.data_source = "config" if train_data is None else "user"
+        self._resumed = False
+        self._started = False
+        self._writer: Any = None  # TensorBoard, opened at the first metrics row
         if isinstance(self.model, Classifier) and self.model.builder is None and self.out:
             self.log(
                 f"{type(self.model.net).__name__} records no builder: load its checkpoints with "
@@ -185,81 +190,8 @@ class Trainer:
                 "ebjdat.Classifier(net, num_classes, builder='module:function', kwargs={...})"
             )
         self._sync_parameters()
-        t = self.cfg.train
-        if t.cuda_graphs and self.device.type != "cuda":
-            raise ConfigError(
-                f"train.cuda_graphs needs a CUDA device, not {self.device}; set it to false"
-            )
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = t.cudnn_benchmark
-        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
-        # The forward the samplers and the loss call (compiled or not); evaluation and
-        # checkpoints use self.model itself.
-        self.logits = (
-            torch.compile(self.model.logits_internal) if t.compile else self.model.logits_internal
-        )
-
-        def augment(on: bool, noise: bool) -> Augment:
-            return Augment(
-                pad=d.augment_pad if on else 0,
-                flip=d.augment_flip and on,
-                noise_std=d.noise_std if noise else 0.0,
-            )
-
-        rank_seed = self.cfg.train.seed * 1000 + self.dist.rank
-        self.labelled = TensorLoader(
-            train_x,
-            train_y,
-            d.labelled_batch_size,
-            device=self.device,
-            generator=_device_generator(self.device, rank_seed + 1),
-            augment=augment(True, d.noise_labelled),
-        )
-        self.positives = TensorLoader(
-            train_x,
-            train_y,
-            d.batch_size,
-            device=self.device,
-            generator=_device_generator(self.device, rank_seed + 2),
-            augment=augment(d.augment_positives, d.noise_positives),
-        )
-        self._positive_batches = iter(self.positives)
-        self.buffer: ReplayBuffer | None = None
-        if self.need["samples"]:
-            s = self.cfg.sgld
-            gaussians = None
-            if s.init == "gaussian":
-                gaussians = fit_class_gaussians(train_x, train_y, self.num_classes, log=self.log)
-            self.buffer = ReplayBuffer(
-                s.buffer_size,
-                self.image_shape,
-                device=self.device,
-                init=s.init,
-                gaussians=gaussians,
-                reinit_freq=s.reinit_freq,
-                generator=_device_generator(self.device, rank_seed + 3),
-            )
-        self.generator = _device_generator(self.device, rank_seed + 4)  # sampler noise, starts
-        self.optimizer = self._optimizer()
-        self.watch = StepWatch(t.max_loss, t.max_energy, self.device, self.dist.world_size)
-        self._resumed = False
-        self._started = False
-        self._writer: Any = None  # TensorBoard, opened at the first metrics row
 
     # ---- construction helpers ----------------------------------------------------------------
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        params = self.model.parameters()
-        if o.name == "adam":
-            return torch.optim.Adam(
-                params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
-            )
-        sgd = dict(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        if o.name == "sam":
-            return SAM(params, torch.optim.SGD, rho=o.sam_rho, adaptive=o.sam_adaptive, **sgd)
-        return torch.optim.SGD(params, **sgd)
 
     @property
     def run_dir(self) -> Path:
@@ -359,8 +291,8 @@ class Trainer:
         fmt = self.memory_format
         x_pos = x_pos.contiguous(memory_format=fmt)
         x_lab = x_lab.contiguous(memory_format=fmt)
-        z_pos = JEM.to_internal(x_pos) if need["positives"] else None
-        z_all = JEM.to_internal(x_lab)  # the adversarial sampler starts from it either way
+        z_pos = self.model.to_internal(x_pos) if need["positives"] else None
+        z_all = self.model.to_internal(x_lab)  # the adversarial sampler starts from it either way
         z_lab = z_all if need["labelled"] else None
         f = self.logits
         self.optimizer.zero_grad(set_to_none=True)
@@ -431,7 +363,7 @@ class Trainer:
                 eps=t.eval_eps,
                 step_size=2.5 * t.eval_eps / t.eval_steps,
                 steps=t.eval_steps,
-                generator=_device_generator(self.device, 12345),
+                generator=device_generator(self.device, 12345),
             )
             out["val_robust_acc"] = clean_accuracy(self.model, x_adv, y)
         return out
@@ -632,7 +564,7 @@ class Trainer:
         # ^ the watch too: the checkpoint's sums, nothing pending
         self.state.retries, self.state.lr_scale = retries, scale
         self.state.seed = self.cfg.train.seed + 7919 * retries
-        self.generator.manual_seed(self.state.seed * 1000 + self.dist.rank + 4)
+        self.generator.manual_seed(sampler_seed(self.state.seed, self.dist.rank))
         self.log(
             f"divergence: {reason}; rolled back to epoch {self.state.epoch}, iteration "
             f"{self.state.iteration}, learning-rate scale {scale:g}, seed {self.state.seed} "
@@ -704,7 +636,7 @@ class Trainer:
         from torchvision.utils import save_image
 
         n = min(self.cfg.train.sample_grid, self.buffer.size)
-        grid = JEM.from_internal(self.buffer.buffer[:n].float()).clamp(0, 1).cpu()
+        grid = self.model.from_internal(self.buffer.buffer[:n].float()).clamp(0, 1).cpu()
         path = self.out / "samples" / f"epoch_{self.state.epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path, nrow=int(math.sqrt(n)) or 1, padding=1)
