@@ -7,6 +7,7 @@ these tests do not depend on ebjdat.models.
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -439,3 +440,28 @@ def test_buffer_update_with_repeated_slots_is_last_wins() -> None:
             want[slot] = x[i]
         buf.update(idx, x)
         assert torch.equal(buf.buffer, want)
+
+
+def test_a_plain_classifier_samples_as_its_energy_model() -> None:
+    """A module of [0, 1] images needs no lambda: the samplers read it through the one unit
+    conversion, exactly as when it is wrapped in ebjdat.Classifier."""
+    from ebjdat import AdvConfig, Classifier, SGLDConfig, adversarial_samples
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(SHAPE), 5)).double()
+    z0 = uniform(6, 7, torch.float64)
+    y = torch.arange(6) % 5
+    chain = SGLDConfig(steps=3, step_size=0.1, noise_std=0.01)
+    plain = chain(net, z0, generator=torch.Generator().manual_seed(1))
+    wrapped = chain(Classifier(net, 5), z0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, wrapped) and not torch.equal(plain, z0)
+    lam = chain(
+        net, z0, generator=torch.Generator().manual_seed(1), logits_fn=lambda z: net((z + 1) / 2)
+    )
+    assert torch.equal(plain, lam)
+    adv = AdvConfig(steps=2)
+    a = adversarial_samples(net, z0, y, adv, generator=torch.Generator().manual_seed(2))
+    b = adversarial_samples(
+        Classifier(net, 5), z0, y, adv, generator=torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(a, b)

@@ -34,17 +34,17 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 def internal_logits_fn(model: nn.Module, logits_fn: LogitsFn | None = None) -> LogitsFn:
     """The map from internal [-1, 1] images to logits: `logits_fn` if given, else
-    `model.logits_internal` (the JEM wrapper's contract). Plain `model(x)` is never used
-    because public models take [0, 1] images."""
+    `model.logits_internal` (an ebjdat energy model), else a plain classifier of [0, 1] images
+    read through the one unit conversion (`EnergyModel.from_internal`), so that no caller
+    writes it again."""
     if logits_fn is not None:
         return logits_fn
     fn = getattr(model, "logits_internal", None)
-    if fn is None:
-        raise TypeError(
-            f"{type(model).__name__} has no logits_internal(z) for [-1, 1] inputs; "
-            "pass logits_fn= explicitly"
-        )
-    return fn
+    if fn is not None:
+        return fn
+    from ebjdat.models.jem import EnergyModel
+
+    return lambda z: model(EnergyModel.from_internal(z))
 
 
 def internal_range(model: nn.Module) -> tuple[float, float]:
