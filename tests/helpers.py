@@ -77,3 +77,33 @@ def values(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tenso
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+# The smallest training run that still exercises every part (SGLD, the adversarial sampler,
+# validation with PGD): "section.key" overrides shared by the library-API tests.
+TINY_RUN = {
+    "sgld.buffer_size": 64,
+    "sgld.steps": 2,
+    "adv.steps": 1,
+    "train.eval_limit": 32,
+    "train.eval_steps": 2,
+    "optim.warmup_iters": 0,
+    "optim.lr": 0.01,
+    "data.batch_size": 32,
+    "data.labelled_batch_size": 32,
+    "train.sample_grid": 0,
+    "train.epochs": 1,
+}
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(image, int label) items of two tensors, as a user's own Dataset returns them."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_RUN
 from misuse import Case, check_misuse, run_read_only, tree_state
 from safetensors.torch import load_file, save, save_file
 from torch import nn
@@ -35,19 +36,7 @@ from ebjdat.data import load_split_tensors, to_float01
 from ebjdat.export import ExportError, export_checkpoint, how_to_load
 from ebjdat.models import JEM
 
-TINY = {
-    "sgld.buffer_size": 64,
-    "sgld.steps": 2,
-    "adv.steps": 1,
-    "train.eval_limit": 32,
-    "train.eval_steps": 2,
-    "optim.warmup_iters": 0,
-    "optim.lr": 0.01,
-    "data.batch_size": 32,
-    "data.labelled_batch_size": 32,
-    "train.sample_grid": 0,
-    "train.epochs": 1,
-}
+TINY = TINY_RUN
 # BatchNorm on (the digits preset has none), so that running statistics travel too.
 WRN = {**TINY, "model.arch": "wrn-10-1", "model.norm": "batch", "sgld.buffer_size": 128,
        "data.batch_size": 128, "data.labelled_batch_size": 128}  # fmt: skip

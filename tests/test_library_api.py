@@ -8,24 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_RUN, PairDataset
 from torch import nn
 
 import ebjdat
 from ebjdat.data import load_split_tensors, to_float01
 
-TINY = {
-    "sgld.buffer_size": 64,
-    "sgld.steps": 2,
-    "adv.steps": 1,
-    "train.eval_limit": 32,
-    "train.eval_steps": 2,
-    "optim.warmup_iters": 0,
-    "optim.lr": 0.01,
-    "data.batch_size": 32,
-    "data.labelled_batch_size": 32,
-    "train.sample_grid": 4,
-    "train.epochs": 1,
-}
+TINY = {**TINY_RUN, "train.sample_grid": 4}
 
 
 class TinyCNN(nn.Module):
@@ -62,17 +51,6 @@ def digits() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, tor
     x, y = load_split_tensors("digits", "train")
     xv, yv = load_split_tensors("digits", "val")
     return (to_float01(x), y), (to_float01(xv), yv)
-
-
-class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.x[i], int(self.y[i])
 
 
 def _fit(data, tmp: Path | None, model: nn.Module | None = None, **overrides):  # noqa: ANN001, ANN202

@@ -6,38 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY_RUN, PairDataset
 
 import ebjdat
 from ebjdat.data import Augment, TensorLoader, load_split_tensors, to_float01
 from ebjdat.data.stream import StreamLoader
 from ebjdat.train import build
 
-TINY = {
-    "sgld.buffer_size": 64,
-    "sgld.steps": 2,
-    "adv.steps": 1,
-    "train.eval_limit": 16,
-    "train.eval_steps": 1,
-    "optim.warmup_iters": 0,
-    "data.batch_size": 32,
-    "data.labelled_batch_size": 32,
-    "train.sample_grid": 0,
-    "train.epochs": 1,
-    "model.arch": "wrn-10-1",
-}
-
-
-class Items(torch.utils.data.Dataset):
-    """(uint8 image, int label) items, as a user's Dataset on disk would return them."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.x[i], int(self.y[i])
+TINY = {**TINY_RUN, "train.eval_limit": 16, "train.eval_steps": 1, "model.arch": "wrn-10-1"}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +37,7 @@ def test_stream_loader_serves_the_tensor_loaders_batches(digits, workers: int) -
     x, y = digits[0][:200], digits[1][:200]
     aug = Augment(pad=2, flip=True, noise_std=0.1)
     memory = TensorLoader(x, y, 48, generator=7, augment=aug)
-    stream = StreamLoader(Items(x, y), 48, generator=7, augment=aug, workers=workers)
+    stream = StreamLoader(PairDataset(x, y), 48, generator=7, augment=aug, workers=workers)
     a, b = _batches(memory, 9), _batches(stream, 9)  # over two epoch boundaries
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -71,7 +47,7 @@ def test_stream_loader_serves_the_tensor_loaders_batches(digits, workers: int) -
 def test_loader_states_are_interchangeable(digits) -> None:  # noqa: ANN001
     x, y = digits[0][:100], digits[1][:100]
     memory = TensorLoader(x, y, 16, generator=3, augment=Augment(pad=1, flip=False))
-    stream = StreamLoader(Items(x, y), 16, generator=99, augment=Augment(pad=1, flip=False))
+    stream = StreamLoader(PairDataset(x, y), 16, generator=99, augment=Augment(pad=1, flip=False))
     it = iter(memory)
     for _ in range(3):
         next(it)
@@ -85,20 +61,20 @@ def test_loader_states_are_interchangeable(digits) -> None:  # noqa: ANN001
 def test_streamed_images_are_checked_as_they_arrive(digits) -> None:  # noqa: ANN001
     x = to_float01(digits[0][:40])
     x[20] = 1.5  # one bad image in the second batch
-    loader = StreamLoader(Items(x, digits[1][:40]), 16, generator=0, shuffle=False)
+    loader = StreamLoader(PairDataset(x, digits[1][:40]), 16, generator=0, shuffle=False)
     it = iter(loader)
     next(it)
     with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
         next(it)
     with pytest.raises(ValueError, match="workers"):
-        StreamLoader(Items(x, digits[1][:40]), 16, workers=-1)
+        StreamLoader(PairDataset(x, digits[1][:40]), 16, workers=-1)
 
 
 def _fit(data, loader: str, **overrides):  # noqa: ANN001, ANN202
     x, y = data
     return ebjdat.fit(
         None,
-        Items(x, y),
+        PairDataset(x, y),
         config={**TINY, "data.loader": loader, **overrides},
         device="cpu",
         progress_bar=False,
@@ -129,11 +105,11 @@ def test_auto_streams_a_dataset_larger_than_the_budget(digits, monkeypatch) -> N
     monkeypatch.setattr(build, "MEMORY_BUDGET_BYTES", 1000)
     messages: list[str] = []
     x, y = digits
-    data = build.user_data(Items(x, y), None, 1, messages.append, "auto", 0)
+    data = build.user_data(PairDataset(x, y), None, 1, messages.append, "auto", 0)
     assert data.streamed and data.num_train + len(data.val_x) == len(x)
     assert any("streaming train_data" in m for m in messages)
-    small = build.user_data(Items(x[:50], y[:50]), None, 1, messages.append, "memory", 0)
+    small = build.user_data(PairDataset(x[:50], y[:50]), None, 1, messages.append, "memory", 0)
     assert not small.streamed
     # the same held-out examples either way
-    whole = build.user_data(Items(x, y), None, 1, messages.append, "memory", 0)
+    whole = build.user_data(PairDataset(x, y), None, 1, messages.append, "memory", 0)
     assert torch.equal(whole.val_x, data.val_x) and torch.equal(whole.val_y, data.val_y)

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from helpers import TINY_RUN
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -22,16 +23,8 @@ import ebjdat
 
 # Tiny settings on the digits preset: a full run is 2 epochs of 39 iterations.
 TINY = {
+    **TINY_RUN,
     "data.dataset": "digits",
-    "sgld.buffer_size": 64,
-    "sgld.steps": 2,
-    "adv.steps": 1,
-    "train.eval_limit": 32,
-    "train.eval_steps": 2,
-    "optim.warmup_iters": 0,
-    "optim.lr": 0.01,
-    "data.batch_size": 32,
-    "data.labelled_batch_size": 32,
     "train.sample_grid": 4,
     "train.epochs": 2,
     "train.checkpoint_every_iters": 3,
