@@ -264,6 +264,8 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
         env=env,
         timeout=300,
     )
+    from ebjdat.data import load_split_tensors
+
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # rank 0 alone logs
@@ -271,6 +273,10 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     buffers = [r["buffer"]["buffer"] for r in state["ranks"]]
     assert not torch.equal(buffers[0], buffers[1])  # one replay buffer per rank
+    # Sharded: each rank's epoch is half the split (tests/test_sharding.py checks coverage).
+    n = len(load_split_tensors("digits", "train")[1])
+    assert [r["labelled"]["num_samples"] for r in state["ranks"]] == [n // 2, n // 2]
+    assert "data parallel over 2 processes" in result.stdout
 
 
 def test_sam_steps_match_hand_computation() -> None:

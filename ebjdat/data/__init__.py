@@ -16,7 +16,8 @@ from .datasets import (
     load_split_tensors,
     to_float01,
 )
-from .loader import Augment, TensorLoader
+from .loader import Augment, EpochLoader, Shard, TensorLoader
+from .stream import StreamLoader
 
 __all__ = [
     "DATASETS",
@@ -27,6 +28,9 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageFolderDataset",
     "TensorImageDataset",
+    "EpochLoader",
+    "Shard",
+    "StreamLoader",
     "TensorLoader",
     "dataset_info",
     "default_root",

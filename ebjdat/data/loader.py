@@ -94,10 +94,36 @@ def _make_generator(
     return g
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a split under data parallelism, with DistributedSampler's
+    semantics: every epoch all ranks draw the same permutation from `seed` + epoch, drop its
+    tail to a multiple of `world_size` (at most world_size - 1 examples an epoch, a different
+    few each epoch), and rank r takes positions r, r + world_size, ... So together the ranks
+    see each remaining example exactly once per epoch."""
+
+    rank: int
+    world_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must lie in [0, {self.world_size}), got {self.rank}")
+
+    def order(self, n: int, epoch: int) -> torch.Tensor:
+        """This rank's indices into the n examples for `epoch` (on the CPU)."""
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        perm = torch.randperm(n, generator=g)
+        usable = n - n % self.world_size
+        return perm[self.rank : usable : self.world_size]
+
+
 class EpochLoader:
     """What every training loader shares: shuffled epochs of fixed-size batches whose order,
     position and randomness (permutation, augmentation) live in one `torch.Generator`, so that
-    `state_dict()` resumes exactly. Subclasses say how a batch of indices becomes images."""
+    `state_dict()` resumes exactly. Subclasses say how a batch of indices becomes images.
+    With a `shard`, the epoch's order is this rank's share (see Shard) and the generator
+    drives the augmentation only."""
 
     def __init__(
         self,
@@ -109,9 +135,14 @@ class EpochLoader:
         augment: Augment | None,
         drop_last: bool,
         shuffle: bool,
+        shard: Shard | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.shard = shard if shard is not None and shard.world_size > 1 else None
+        self.dataset_size = num_samples
+        if self.shard is not None:
+            num_samples //= self.shard.world_size  # this rank's share
         if drop_last and num_samples < batch_size:
             raise ValueError(
                 f"batch_size {batch_size} exceeds the {num_samples} images with "
@@ -154,7 +185,11 @@ class EpochLoader:
     def _order(self) -> torch.Tensor:
         if self._perm is None:
             n = self.num_samples
-            if self.shuffle:
+            if self.shard is not None:
+                if not self.shuffle:
+                    raise ValueError("a sharded loader always shuffles (shuffle=True)")
+                perm = self.shard.order(self.dataset_size, self._epoch)
+            elif self.shuffle:
                 g = self.generator
                 perm = torch.randperm(n, generator=g, device=g.device)
             else:
@@ -222,6 +257,7 @@ class TensorLoader(EpochLoader):
         augment: Augment | None = None,
         drop_last: bool = True,
         shuffle: bool = True,
+        shard: Shard | None = None,
     ) -> None:
         if images.dim() != 4:
             raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
@@ -240,6 +276,7 @@ class TensorLoader(EpochLoader):
             augment=augment,
             drop_last=drop_last,
             shuffle=shuffle,
+            shard=shard,
         )
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.int64)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loader import Augment, EpochLoader
+from .loader import Augment, EpochLoader, Shard
 
 
 def collate(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +66,7 @@ class StreamLoader(EpochLoader):
         shuffle: bool = True,
         workers: int = 0,
         num_classes: int | None = None,
+        shard: Shard | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
@@ -77,6 +78,7 @@ class StreamLoader(EpochLoader):
             augment=augment,
             drop_last=drop_last,
             shuffle=shuffle,
+            shard=shard,
         )
         self.dataset = dataset
         self.workers = workers

@@ -22,7 +22,7 @@ from ebjdat.data import (
     load_split_tensors,
     to_float01,
 )
-from ebjdat.data.loader import EpochLoader
+from ebjdat.data.loader import EpochLoader, Shard
 from ebjdat.data.stream import StreamLoader, check_batch, collate, labels_of, read_examples
 from ebjdat.models import Classifier, EnergyModel, build_model
 from ebjdat.sampling import ReplayBuffer, fit_class_gaussians
@@ -386,12 +386,14 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_loaders(
-    cfg: Config, data: TrainData, device: torch.device, rank: int
+    cfg: Config, data: TrainData, device: torch.device, dist: Distributed
 ) -> tuple[EpochLoader, EpochLoader]:
     """The labelled and the positive streams: independent shuffles of the same split, each
-    from its own seeded generator, in memory or streamed as the data says."""
+    from its own seeded generator, in memory or streamed as the data says. Under data
+    parallelism each stream is sharded on its own (the ranks share its permutation seed and
+    split every epoch between them), and augmentation stays per rank."""
     d = cfg.data
-    rank_seed = cfg.train.seed * 1000 + rank
+    rank_seed = cfg.train.seed * 1000 + dist.rank
 
     def augment(on: bool, noise: bool) -> Augment:
         return Augment(
@@ -402,6 +404,11 @@ def build_loaders(
 
     def loader(batch_size: int, offset: int, aug: Augment) -> EpochLoader:
         generator = device_generator(device, rank_seed + offset)
+        shard = (
+            Shard(dist.rank, dist.world_size, seed=cfg.train.seed * 1000 + 500 + offset)
+            if dist.world_size > 1
+            else None
+        )
         if data.train_set is not None:
             return StreamLoader(
                 data.train_set,
@@ -411,9 +418,16 @@ def build_loaders(
                 augment=aug,
                 workers=d.workers,
                 num_classes=data.num_classes,
+                shard=shard,
             )
         return TensorLoader(
-            data.train_x, data.train_y, batch_size, device=device, generator=generator, augment=aug
+            data.train_x,
+            data.train_y,
+            batch_size,
+            device=device,
+            generator=generator,
+            augment=aug,
+            shard=shard,
         )
 
     labelled = loader(d.labelled_batch_size, 1, augment(True, d.noise_labelled))
@@ -478,10 +492,12 @@ def build_training(
         ("data.labelled_batch_size", d.labelled_batch_size),
         ("data.batch_size", d.batch_size),
     ):
-        if size > data.num_train:
+        share = data.num_train // dist.world_size
+        if size > share:
+            per = f", {share} per process over {dist.world_size}" if dist.world_size > 1 else ""
             raise ConfigError(
                 f"{key} = {size} is larger than the {data.name} training split "
-                f"({data.num_train} images)"
+                f"({data.num_train} images{per})"
             )
     energy = energy_model(model, cfg, data).to(device)
     if device.type == "cuda":
@@ -491,7 +507,15 @@ def build_training(
     # The forward the samplers and the loss call (compiled or not); evaluation and checkpoints
     # use the model itself.
     logits = torch.compile(energy.logits_internal) if t.compile else energy.logits_internal
-    labelled, positives = build_loaders(cfg, data, device, dist.rank)
+    labelled, positives = build_loaders(cfg, data, device, dist)
+    if dist.world_size > 1:
+        log(
+            f"data parallel over {dist.world_size} processes: data.labelled_batch_size "
+            f"{d.labelled_batch_size} and data.batch_size {d.batch_size} per process (global "
+            f"{dist.world_size * d.labelled_batch_size} / {dist.world_size * d.batch_size}), "
+            f"{len(labelled)} iterations per epoch, each process seeing "
+            f"{labelled.num_samples} of {data.num_train} examples, lr {cfg.optim.lr:g}"
+        )
     need = needs(cfg.loss, cfg.adv.enabled)
     buffer = build_buffer(cfg, data, device, dist.rank, log) if need["samples"] else None
     return TrainingParts(
