@@ -10,6 +10,7 @@ both, so that a sampler validates its settings with the same rules and messages 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import field, fields
@@ -62,8 +63,14 @@ def check_value(key: str, value: Any, hint: Any, f: dataclasses.Field) -> None:
                 raise ConfigError(f"{key} must be {_SIGNS[name]} {shown}, got {item}")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A settings class's resolved field types, once: samplers check their settings per call."""
+    return typing.get_type_hints(cls)
+
+
 def check_fields(values: Any, section: str) -> None:
     """Every field of the settings dataclass `values`, named `section.field` in the error."""
-    hints = typing.get_type_hints(type(values))
+    hints = _type_hints(type(values))
     for f in fields(values):
         check_value(f"{section}.{f.name}", getattr(values, f.name), hints[f.name], f)

@@ -119,7 +119,9 @@ def load_named(cfg: Config, log: Callable[[str], None] = print) -> TrainData:
     size = d.image_size or None
     info = dataset_info(d.dataset, root, image_size=size)
     val_x, val_y = load_split_tensors(d.dataset, "val", root, d.download, size)
-    if d.loader != "memory":
+    # The fixed named datasets fit in memory (SVHN's 73k images take 0.2 GiB); only an image
+    # folder can outgrow it, so only there does "auto" list the split to measure it.
+    if d.loader == "stream" or (d.loader == "auto" and d.dataset == "imagefolder"):
         train_set = get_dataset(d.dataset, "train", root, d.download, image_size=size)
         bytes_needed = len(train_set) * val_x[0].numel() * val_x.element_size()
         if d.loader == "stream" or bytes_needed > MEMORY_BUDGET_BYTES:
@@ -260,13 +262,14 @@ def _streamed_user_data(
     if len(dataset) == 0:
         raise ValueError("train_data is empty")
     try:
-        check_batch(*collate([dataset[0]]), None)
+        first = collate([dataset[0]])
+        check_batch(*first, None)
     except ValueError as err:
         raise ValueError(f"train_data: {err}") from None
     labels = labels_of(dataset, workers)
     if len(labels) and int(labels.min()) < 0:
         raise ValueError(f"train_data: labels must be >= 0, got {int(labels.min())}")
-    shape = tuple(collate([dataset[0]])[0].shape[1:])
+    shape = tuple(first[0].shape[1:])
     if val_data is not None:
         val_x, val_y = _val_tensors(val_data, shape)
         train_set, train_labels = dataset, labels
