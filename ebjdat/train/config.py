@@ -69,8 +69,8 @@ class DataConfig:
     noise_labelled: bool = True
     image_size: int = setting(0, ge=0)  # only for imagefolder (0: dataset default)
     # "memory": the training split on the device, one gather per batch (fast for small sets);
-    # "stream": read batch by batch by a DataLoader with `workers` processes; "auto": memory up
-    # to 2 GiB. Both give the same batches for the same seed.
+    # "stream": read batch by batch by a DataLoader with `workers` processes; "auto": memory,
+    # unless a user Dataset or an image folder exceeds 2 GiB. Both give the same batches.
     loader: str = setting("auto", choices=("auto", "memory", "stream"))
     workers: int = setting(2, ge=0)  # DataLoader worker processes when streaming
 
