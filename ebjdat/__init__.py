@@ -25,6 +25,7 @@ _EXPORTS = {
     "Trainer": "ebjdat.train.trainer",
     "TrainingInterrupted": "ebjdat.train.trainer",
     "TrainingStopped": "ebjdat.train.trainer",
+    "Distributed": "ebjdat.train.parallel",
     "Config": "ebjdat.train.config",
     "ConfigError": "ebjdat.train.config",
     "DataConfig": "ebjdat.train.config",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
@@ -107,3 +109,35 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.x[i], int(self.y[i])
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+def assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
+    """Recursively identical: tensors bit for bit (dtype and shape too), everything else ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), where
+        same = torch.equal(a, b)
+        assert same, f"{where} differs by up to {(a.double() - b.double()).abs().max().item():g}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), where
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def comparable(state: dict) -> dict:
+    """A checkpoint without what two runs of one config never share: the run's id and the
+    wall-clock times of its metrics rows."""
+    return {**{k: v for k, v in state.items() if k != "run_id"},
+            "history": without_time(state["history"])}  # fmt: skip

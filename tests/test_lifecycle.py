@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 import user_models as um
+from helpers import assert_same, comparable, without_time
 
 import ebjdat
 from ebjdat import checkpoint
@@ -79,38 +80,6 @@ def _wait_for(last: Path, iteration: int, proc: subprocess.Popen, timeout: float
     err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
     raise AssertionError(f"no checkpoint at iteration {iteration} (at {at}, exit {proc.poll()}) "
                          f"{err}")  # fmt: skip
-
-
-def _without_time(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
-
-
-def assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
-    """Recursively identical: tensors bit for bit (dtype and shape too), everything else ==."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        assert (a.dtype, a.shape) == (b.dtype, b.shape), where
-        same = torch.equal(a, b)
-        assert same, f"{where} differs by up to {(a.double() - b.double()).abs().max().item():g}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def _comparable(state: dict) -> dict:
-    """A checkpoint without what two runs of one config never share: the run's id and the
-    wall-clock times of its metrics rows."""
-    return {**{k: v for k, v in state.items() if k != "run_id"},
-            "history": _without_time(state["history"])}  # fmt: skip
 
 
 def _all_finite(obj: Any, where: str = "checkpoint") -> None:
@@ -223,7 +192,7 @@ def test_kill9_twice_then_resume_is_bit_identical_to_the_uninterrupted_run(
     assert any("running_mean" in k for k in a["model"]) and a["optimizer"]["state"]
     assert a["ranks"][0]["buffer"]["buffer"].shape[0] == um.TINY["sgld.buffer_size"]
     assert len(a["history"]) == EPOCHS
-    assert_same(_comparable(a), _comparable(b))
+    assert_same(comparable(a), comparable(b))
     assert_same(
         checkpoint.load(reference / "checkpoints" / "best.pt")["model"],
         checkpoint.load(run / "checkpoints" / "best.pt")["model"],
@@ -254,7 +223,7 @@ def test_nan_in_the_weights_rolls_back_and_training_continues(
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(state["model"][key], value), key
     history = state["history"]
-    assert _without_time(history[:EPOCHS]) == _without_time(_metrics(reference))
+    assert without_time(history[:EPOCHS]) == without_time(_metrics(reference))
     assert all(math.isfinite(history[-1][k]) for k in ("train_loss", "val_acc"))
     assert _metrics(run) == history
 

@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import gc
-import os
 import shlex
 import signal
 import sys
 import threading
 from pathlib import Path
-
-import torch
 
 from ebjdat.cpu_allocator import tune_cpu_allocator
 
@@ -186,19 +182,6 @@ def _resume_config(args: argparse.Namespace, out: Path):  # noqa: ANN202 - (Conf
     return cfg.validate(), (state, saved)
 
 
-def _distributed():  # noqa: ANN202 - (Distributed, local_rank)
-    from ebjdat.train.build import Distributed
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed(), 0
-    import torch.distributed as dist
-
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    return Distributed(dist.get_rank(), dist.get_world_size()), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def _on_rank0(distributed, fn, errors: tuple[type[Exception], ...]):  # noqa: ANN001, ANN202
     """fn() on rank 0 only, its result (or its usage error) shared with every rank, so that all
     processes agree, e.g. on a timestamped run directory, or all stop on the same error."""
@@ -219,15 +202,6 @@ def _on_rank0(distributed, fn, errors: tuple[type[Exception], ...]):  # noqa: AN
     return value
 
 
-def _teardown(distributed) -> None:  # noqa: ANN001
-    if distributed.world_size > 1:
-        import torch.distributed as dist
-
-        gc.collect()
-        dist.barrier()  # gc, barrier, then destroy: avoids gloo's intermittent abort at exit
-        dist.destroy_process_group()
-
-
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -242,6 +216,7 @@ def run(argv: list[str] | None = None) -> int:
     from ebjdat.train import ConfigError, Trainer, TrainingInterrupted, TrainingStopped
     from ebjdat.train.build import build_training
     from ebjdat.train.config import from_dict
+    from ebjdat.train.parallel import Distributed
     from ebjdat.train.rundir import RunDirError, check_new
 
     loaded: list = [None]  # the checkpoint that prepare() read for --resume
@@ -262,11 +237,11 @@ def run(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # Until the trainer takes over (it saves first), SIGTERM stops like Ctrl-C does.
         previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    distributed, local_rank = _distributed()
+    distributed = Distributed.from_environment()
     started = False
     out: Path | None = None
     try:
-        device = device_from(args.device, local_rank)
+        device = device_from(args.device, distributed.local_rank)
         check_backends(device)
         out_name, tree = _on_rank0(distributed, prepare, usage_errors)
         out, cfg = Path(out_name), from_dict(tree).validate()
@@ -318,7 +293,7 @@ def run(argv: list[str] | None = None) -> int:
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
-        _teardown(distributed)
+        distributed.teardown()
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from ebjdat.sampling import ReplayBuffer, fit_class_gaussians
 
 from .config import Config, ConfigError, apply, load_preset
 from .losses import needs
+from .parallel import Distributed, data_parallel
 from .sam import SAM
 
 
@@ -141,8 +142,10 @@ def load_named(cfg: Config, log: Callable[[str], None] = print) -> TrainData:
 def as_tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, labels) of a map-style Dataset of (image, label) or of an (images, labels) pair,
     checked: images float in [0, 1] (or uint8) of one shape [C, H, W], integer labels >= 0."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-        isinstance(t, torch.Tensor) for t in data
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
     ):
         x, y = data
     else:
@@ -205,8 +208,10 @@ def user_data(
     images) of train_data is held out for validation and model selection, and said so.
     `loader` is data.loader: "memory" stacks a Dataset into tensors, "stream" reads it batch by
     batch, "auto" streams a Dataset larger than MEMORY_BUDGET_BYTES."""
-    pair = isinstance(train_data, (tuple, list)) and len(train_data) == 2 and all(
-        isinstance(t, torch.Tensor) for t in train_data
+    pair = (
+        isinstance(train_data, (tuple, list))
+        and len(train_data) == 2
+        and all(isinstance(t, torch.Tensor) for t in train_data)
     )
     stream = loader == "stream"
     if loader == "auto" and not pair and hasattr(train_data, "__getitem__"):
@@ -332,18 +337,6 @@ def energy_model(model: nn.Module | None, cfg: Config, data: TrainData) -> Energ
     return model if isinstance(model, EnergyModel) else Classifier(model, k)
 
 
-@dataclass
-class Distributed:
-    """This process's place among the data-parallel ranks."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
 def device_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
@@ -363,7 +356,8 @@ class TrainingParts:
     device: torch.device
     dist: Distributed
     model: EnergyModel
-    logits: Callable[[torch.Tensor], torch.Tensor]
+    logits: Callable[[torch.Tensor], torch.Tensor]  # the samplers' forward: never all-reduces
+    loss_logits: Callable[[torch.Tensor], torch.Tensor]  # the loss's: through DDP when parallel
     memory_format: torch.memory_format
     labelled: EpochLoader
     positives: EpochLoader
@@ -375,6 +369,34 @@ class TrainingParts:
     image_shape: tuple[int, ...]
     num_classes: int
     data_source: str  # "config": the dataset the config names; "user": data passed in
+
+
+def lr_factor(cfg: Config, dist: Distributed) -> float:
+    """What optim.lr is multiplied by: the world size under the linear scaling rule (the global
+    batch grows with it), else 1."""
+    return float(dist.world_size) if cfg.optim.lr_scaling == "linear" else 1.0
+
+
+def parallel_summary(
+    cfg: Config, dist: Distributed, labelled: EpochLoader, num_train: int, buffer: bool
+) -> str:
+    """The run log's line on data parallelism: world, batches per process and global, the
+    shard, the replay chains and the learning rate."""
+    d, n, factor = cfg.data, dist.world_size, lr_factor(cfg, dist)
+    chains = (
+        f", keeping {buffer_share(cfg.sgld.buffer_size, dist)} of the {cfg.sgld.buffer_size} "
+        "replay chains"
+        if buffer
+        else ""
+    )
+    how = f"optim.lr {cfg.optim.lr:g} x {n}, linear scaling" if factor != 1 else "not scaled"
+    return (
+        f"data parallel over {n} processes: data.labelled_batch_size {d.labelled_batch_size} and "
+        f"data.batch_size {d.batch_size} per process (global {n * d.labelled_batch_size} / "
+        f"{n * d.batch_size}), {len(labelled)} iterations per epoch, each process seeing "
+        f"{labelled.num_samples} of {num_train} examples{chains}; lr "
+        f"{cfg.optim.lr * factor:g} ({how})"
+    )
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -438,11 +460,18 @@ def build_loaders(
     return labelled, positives
 
 
+def buffer_share(size: int, dist: Distributed) -> int:
+    """This process's part of sgld.buffer_size: the parts of all processes add up to it, so N
+    processes each drawing data.batch_size chains refresh the buffer at the rate one process
+    with the N-times batch does."""
+    return size // dist.world_size + (dist.rank < size % dist.world_size)
+
+
 def build_buffer(
     cfg: Config,
     data: TrainData,
     device: torch.device,
-    rank: int,
+    dist: Distributed,
     log: Callable[[str], None],
 ) -> ReplayBuffer:
     s = cfg.sgld
@@ -451,13 +480,13 @@ def build_buffer(
         x, y = data.gaussian_examples(log)
         gaussians = fit_class_gaussians(x, y, data.num_classes, log=log)
     return ReplayBuffer(
-        s.buffer_size,
+        buffer_share(s.buffer_size, dist),
         data.image_shape,
         device=device,
         init=s.init,
         gaussians=gaussians,
         reinit_freq=s.reinit_freq,
-        generator=device_generator(device, cfg.train.seed * 1000 + rank + 3),
+        generator=device_generator(device, cfg.train.seed * 1000 + dist.rank + 3),
     )
 
 
@@ -475,10 +504,11 @@ def build_training(
     """The parts of a training run (see Trainer for the arguments), every one checked: a bad
     config key, data, model or device raises here, before a run directory exists."""
     cfg = resolve_config(preset, config)
-    dist = distributed or Distributed()
+    dist = distributed or Distributed.from_environment()
+    dist.check()
     log = log if dist.main else (lambda message: None)
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     t, d = cfg.train, cfg.data
     if t.cuda_graphs and device.type != "cuda":
@@ -491,6 +521,13 @@ def build_training(
         data = load_named(cfg, log)
     else:
         data = user_data(train_data, val_data, t.seed, log, d.loader, d.workers)
+    need = needs(cfg.loss, cfg.adv.enabled)
+    chains = buffer_share(cfg.sgld.buffer_size, Distributed(dist.world_size - 1, dist.world_size))
+    if need["samples"] and dist.world_size > 1 and chains < d.batch_size:
+        raise ConfigError(
+            f"sgld.buffer_size = {cfg.sgld.buffer_size} leaves {chains} chains per process over "
+            f"{dist.world_size} processes, fewer than data.batch_size = {d.batch_size}"
+        )
     for key, size in (
         ("data.labelled_batch_size", d.labelled_batch_size),
         ("data.batch_size", d.batch_size),
@@ -507,26 +544,25 @@ def build_training(
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     energy.to(memory_format=memory_format)
-    # The forward the samplers and the loss call (compiled or not); evaluation and checkpoints
-    # use the model itself.
-    logits = torch.compile(energy.logits_internal) if t.compile else energy.logits_internal
+    # The forwards the samplers and the loss call (compiled or not); evaluation and checkpoints
+    # use the model itself. Under data parallelism the loss's goes through DDP.
+    logits = loss_logits = energy.logits_internal
+    if dist.world_size > 1:
+        probe = energy.to_internal(data.first_images(2).to(device))
+        loss_logits = data_parallel(energy, probe, device, sync_bn=t.sync_bn, log=log)
+    if t.compile:
+        logits, loss_logits = torch.compile(logits), torch.compile(loss_logits)
     labelled, positives = build_loaders(cfg, data, device, dist)
     if dist.world_size > 1:
-        log(
-            f"data parallel over {dist.world_size} processes: data.labelled_batch_size "
-            f"{d.labelled_batch_size} and data.batch_size {d.batch_size} per process (global "
-            f"{dist.world_size * d.labelled_batch_size} / {dist.world_size * d.batch_size}), "
-            f"{len(labelled)} iterations per epoch, each process seeing "
-            f"{labelled.num_samples} of {data.num_train} examples, lr {cfg.optim.lr:g}"
-        )
-    need = needs(cfg.loss, cfg.adv.enabled)
-    buffer = build_buffer(cfg, data, device, dist.rank, log) if need["samples"] else None
+        log(parallel_summary(cfg, dist, labelled, data.num_train, need["samples"]))
+    buffer = build_buffer(cfg, data, device, dist, log) if need["samples"] else None
     return TrainingParts(
         cfg=cfg,
         device=device,
         dist=dist,
         model=energy,
         logits=logits,
+        loss_logits=loss_logits,
         memory_format=memory_format,
         labelled=labelled,
         positives=positives,

@@ -59,6 +59,8 @@ class DataConfig:
     dataset: str = setting("digits", choices=DATASETS)
     root: str = ""
     download: bool = False
+    # Both batch sizes are per process: under torchrun with N processes the global batch is N
+    # times larger (optim.lr_scaling decides whether the learning rate follows).
     batch_size: int = setting(64, ge=1)  # positives x_p_d and SGLD chains
     labelled_batch_size: int = setting(64, ge=1)  # the classification / adversarial batch
     augment_pad: int = setting(1, ge=0)
@@ -101,11 +103,15 @@ class OptimConfig:
     momentum: float = setting(0.9, ge=0, lt=1)
     weight_decay: float = setting(4e-4, ge=0)
     betas: list[float] = setting([0.9, 0.999], ge=0, lt=1)
+    # Optimiser steps, which every process takes together: the same count at any world size.
     warmup_iters: int = setting(1000, ge=0)
     decay_epochs: list[int] = setting([40, 80, 120], ge=0)
     decay_rate: float = setting(0.2, gt=0)
     sam_rho: float = setting(2.0, gt=0)
     sam_adaptive: bool = True
+    # "linear": lr x the number of processes, the linear scaling rule for the N-times global
+    # batch of torchrun; "none" keeps optim.lr at every world size.
+    lr_scaling: str = setting("none", choices=("none", "linear"))
 
 
 @dataclass
@@ -137,6 +143,9 @@ class TrainConfig:
     # CUDA only: let cuDNN time its convolution algorithms for the (fixed) batch shapes once and
     # keep the fastest, as the official code does; off gives cuDNN's heuristic choice.
     cudnn_benchmark: bool = True
+    # Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
+    # instead of each process's own, as the official code computes them per GPU.
+    sync_bn: bool = False
 
 
 @dataclass

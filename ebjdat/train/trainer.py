@@ -34,7 +34,14 @@ from ebjdat.files import write_text_atomic
 from ebjdat.models import Classifier, EnergyModel, frozen_bn_stats
 
 from . import rundir
-from .build import Distributed, TrainingParts, build_training, device_generator, sampler_seed
+from .build import (
+    Distributed,
+    TrainingParts,
+    build_training,
+    device_generator,
+    lr_factor,
+    sampler_seed,
+)
 from .config import RESUME_SAFE_KEYS, Config, ConfigError, from_dict, to_toml
 from .losses import Forward, LossTerms, eb_jdat_loss, needs
 from .sam import SAM
@@ -79,9 +86,7 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, epoch: int, iteration: int, path: Path) -> None:
         self.signum, self.epoch, self.iteration, self.path = signum, epoch, iteration, path
         name = signal.Signals(signum).name
-        super().__init__(
-            f"{name} at epoch {epoch + 1}, iteration {iteration}; saved {path}"
-        )
+        super().__init__(f"{name} at epoch {epoch + 1}, iteration {iteration}; saved {path}")
 
 
 @dataclass
@@ -106,7 +111,8 @@ class Trainer:
     (image, label) or (images, labels) tensors (None: the dataset the config names; without
     val_data a seeded 10% of train_data is held out). `config` is a Config or a dict of
     "section.key" overrides on `preset`. `out_dir=None` trains without writing anything (the
-    rollback point is then kept in memory).
+    rollback point is then kept in memory). `distributed` (default: what torchrun's environment
+    or an initialised process group says) makes the run data parallel, one shard per process.
     """
 
     def __init__(
@@ -162,6 +168,8 @@ class Trainer:
         self.cfg, self.device, self.dist = parts.cfg, parts.device, parts.dist
         self.model: EnergyModel = parts.model
         self.logits, self.memory_format = parts.logits, parts.memory_format
+        self.loss_logits = parts.loss_logits
+        self.lr_factor = lr_factor(self.cfg, self.dist)
         self.labelled, self.positives, self.buffer = parts.labelled, parts.positives, parts.buffer
         self.generator, self.optimizer = parts.generator, parts.optimizer
         self.val_x, self.val_y = parts.val_x, parts.val_y
@@ -250,23 +258,22 @@ class Trainer:
         self.buffer.update(idx, z)
         return z
 
+    def _adversarial(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return adversarial_samples(
+            self.model,
+            z,
+            y,
+            self.cfg.adv,  # the [adv] section is the sampler's settings
+            generator=self.generator,
+            logits_fn=self.logits,
+            cuda_graph=self.cfg.train.cuda_graphs,
+        )
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 forwards when asked (train.autocast = "bf16"); energies stay float32."""
         return torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.autocast == "bf16"
         )
-
-    def _backward(self, terms: LossTerms) -> None:
-        terms.total.backward()
-        if self.dist.world_size > 1:  # data parallel: average gradients over ranks
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= self.dist.world_size
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
 
     def train_step(
         self,
@@ -283,7 +290,10 @@ class Trainer:
         iterations and before every checkpoint)."""
         phase = timer or PhaseTimer(enabled=False)
         lr = learning_rate(
-            self.cfg.optim, self.state.iteration, self.state.epoch, self.state.lr_scale
+            self.cfg.optim,
+            self.state.iteration,
+            self.state.epoch,
+            self.state.lr_scale * self.lr_factor,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -294,7 +304,9 @@ class Trainer:
         z_pos = self.model.to_internal(x_pos) if need["positives"] else None
         z_all = self.model.to_internal(x_lab)  # the adversarial sampler starts from it either way
         z_lab = z_all if need["labelled"] else None
-        f = self.logits
+        # The loss forwards; under data parallelism they go through DDP, whose backward
+        # all-reduces the gradients. The samplers call self.logits, which never communicates.
+        f = self.loss_logits
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
         with self._autocast():
@@ -311,15 +323,7 @@ class Trainer:
             z_adv = logits_adv = None
             if need["adversarial"]:
                 with phase("adversarial"):
-                    z_adv = adversarial_samples(
-                        self.model,
-                        z_all,
-                        y,
-                        self.cfg.adv,  # the [adv] section is the sampler's settings
-                        generator=self.generator,
-                        logits_fn=f,
-                        cuda_graph=self.cfg.train.cuda_graphs,
-                    )
+                    z_adv = self._adversarial(z_all, y)
                 with phase("loss_forward"):
                     logits_adv = f(z_adv)
             with phase("loss_forward"):
@@ -327,7 +331,7 @@ class Trainer:
                 terms = eb_jdat_loss(self.cfg.loss, forward, y, self.cfg.adv.enabled)
                 self.watch.add(terms, self.state.iteration)
         with phase("loss_backward"):
-            self._backward(terms)
+            terms.total.backward()
         with phase("optimizer"):
             if isinstance(self.optimizer, SAM):
                 # The second pass: the same samples at the perturbed weights, BN stats frozen.
@@ -337,7 +341,7 @@ class Trainer:
                     again = Forward(
                         *(f(z) if z is not None else None for z in (z_pos, z_q, z_lab, z_adv))
                     )
-                    self._backward(eb_jdat_loss(self.cfg.loss, again, y, self.cfg.adv.enabled))
+                    eb_jdat_loss(self.cfg.loss, again, y, self.cfg.adv.enabled).total.backward()
                 self.optimizer.second_step()
             else:
                 self.optimizer.step()
@@ -421,6 +425,16 @@ class Trainer:
         from ebjdat.models.loading import load_weights
 
         checkpoint.check_training_state(state, source)
+        ranks = state["ranks"]
+        if len(ranks) != self.dist.world_size:
+            # Each process's loader positions, replay chains and RNG streams belong to its
+            # shard; re-splitting them would not continue the same run.
+            raise checkpoint.CheckpointError(
+                f"checkpoint {source} was written by {len(ranks)} process"
+                f"{'es' if len(ranks) != 1 else ''} and this run has {self.dist.world_size}: "
+                f"resume it with the same number (torchrun --nproc-per-node {len(ranks)}, or "
+                f"a plain ebjdat-train for 1)"
+            )
         load_weights(self.model, state["model"], str(source))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -439,13 +453,6 @@ class Trainer:
             retries=int(p["retries"]),
             seed=int(p["seed"]),
         )
-        ranks = state["ranks"]
-        if len(ranks) != self.dist.world_size:
-            self.log(
-                f"checkpoint is from {len(ranks)} processes, this run has "
-                f"{self.dist.world_size}: loaders, buffer and RNG restart from fresh seeds"
-            )
-            return
         local = ranks[self.dist.rank]
         try:
             self.labelled.load_state_dict(local["labelled"])
