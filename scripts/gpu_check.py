@@ -8,14 +8,15 @@
      the float32 device-to-device copy bandwidth as the reference, and checks each fused op
      against the goal: >= 85% of copy bandwidth at >= 2**24 elements;
   4. runs the training-iteration benchmark (ebjdat-bench step: official reference vs ebjdat,
-     WRN-10-2 and WRN-28-10, every GPU variant: bf16, CUDA graphs);
+     WRN-10-2 and WRN-28-10, every GPU variant: bf16, CUDA graphs) and, with more than one GPU,
+     its data-parallel scaling over all of them (ebjdat-bench step --nproc N, NCCL);
   5. writes everything to <out-dir>/<gpu-name-slug>-<YYYY-MM-DD>.json, to be committed. The file
      is rewritten after every step ("complete": false until the end), so a run cut off by a
      time limit keeps what it finished.
 
 Each step runs in a subprocess, so the tests and benchmarks load the freshly built extension.
-`--skip tests ops step` leaves parts out so that the check can be split over shorter runs (the
-later ones with --skip-build); a partial run names its file after the parts it holds.
+`--skip tests ops step scaling` leaves parts out so that the check can be split over shorter runs
+(the later ones with --skip-build); a partial run names its file after the parts it holds.
 Without a GPU (or with --cpu-only) it runs the CPU-safe part, a quick CPU op and step benchmark,
 says which GPU steps were skipped, and writes <out-dir>/cpu-<date>.json only with --write-cpu.
 
@@ -52,13 +53,14 @@ RESULTS = ROOT / "bench" / "results"
 GOAL_FRACTION = 0.85
 GOAL_NUMEL = 1 << 24
 TAIL_LINES = 60
-GPU_PARTS = ("tests", "ops", "step")
+GPU_PARTS = ("tests", "ops", "step", "scaling")
 
 
 @dataclass(frozen=True)
 class Gpu:
     name: str
     capability: tuple[int, int]
+    count: int = 1  # visible GPUs (the scaling step needs two or more)
 
     @property
     def arch(self) -> str:
@@ -76,7 +78,8 @@ class Step:
 def detect_gpu() -> Gpu | None:
     if not torch.cuda.is_available():
         return None
-    return Gpu(torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)))
+    return Gpu(torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)),
+               torch.cuda.device_count())
 
 
 def plan(
@@ -88,8 +91,8 @@ def plan(
     skip: Sequence[str] = (),
 ) -> list[Step]:
     """What this invocation will do, and why each skipped step is skipped (printed first).
-    `skip` names GPU parts to leave out ("tests", "ops", "step"), so that the check can be
-    split over several shorter runs (a device tool's per-command limit, say)."""
+    `skip` names GPU parts to leave out ("tests", "ops", "step", "scaling"), so that the check
+    can be split over several shorter runs (a device tool's per-command limit, say)."""
     on_gpu = gpu is not None and not cpu_only
     no_gpu = "--cpu-only" if gpu is not None else "no CUDA GPU visible to torch"
 
@@ -105,6 +108,9 @@ def plan(
         gpu_part("cuda-tests", "pytest tests -m cuda"),
         gpu_part("cuda-ops", "op benchmarks and copy bandwidth on cuda"),
         gpu_part("cuda-step", "training-iteration benchmark on cuda (every GPU variant)"),
+        gpu_part("cuda-scaling", f"data-parallel scaling over {gpu.count} GPUs (NCCL)")
+        if gpu is not None and gpu.count > 1
+        else Step("cuda-scaling", False, "fewer than 2 GPUs" if gpu is not None else no_gpu),
         Step("cpu-bench", not on_gpu,
              "quick CPU op benchmark (smoke test)" if not on_gpu else "a GPU is present"),
         Step("write-results", on_gpu or write_cpu,
@@ -267,6 +273,15 @@ def bench_step(device: str, workdir: Path, *, quick: bool) -> dict:
     return _run_bench(cmd, out)
 
 
+def bench_scaling(nproc: int, workdir: Path, *, quick: bool) -> dict:
+    """ebjdat-bench step --nproc N: WRN-28-10 at batch 64 per GPU in 1 and in N processes."""
+    out = workdir / "scaling-cuda.json"
+    cmd = [sys.executable, "-m", "ebjdat.cli.bench", "step", "--device", "cuda", "--nproc",
+           str(nproc), "--json", str(out)]
+    cmd += ["--quick"] if quick else ["--models", "wrn-28-10", "--batch", "64", "--repeats", "3"]
+    return _run_bench(cmd, out)
+
+
 def bandwidth_goal(bench: dict) -> dict:
     """Each fused op's GB/s as a fraction of copy bandwidth, judged at >= GOAL_NUMEL elements."""
     copy = bench.get("machine", {}).get("copy")
@@ -337,8 +352,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def results_name(gpu: Gpu | None, kind: str, today: str, skip: Sequence[str]) -> str:
     """<gpu-slug>-<date>.json; a partial run (--skip) says which parts it holds, so that split
     runs write separate files."""
-    parts = [p for p in GPU_PARTS if p not in skip]
-    suffix = "" if kind != "gpu" or len(parts) == len(GPU_PARTS) else "-" + "-".join(parts)
+    possible = [p for p in GPU_PARTS if p != "scaling" or (gpu is not None and gpu.count > 1)]
+    parts = [p for p in possible if p not in skip]
+    suffix = "" if kind != "gpu" or len(parts) == len(possible) else "-" + "-".join(parts)
     return (slug(gpu.name) if kind == "gpu" and gpu else "cpu") + f"-{today}{suffix}.json"
 
 
@@ -352,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for step in steps:
         print(f"  {'run ' if step.run else 'skip'}  {step.name:<14} {step.why}")
     todo = {step.name for step in steps if step.run}
-    on_gpu = bool(todo & {"build", "cuda-tests", "cuda-ops", "cuda-step"})
+    on_gpu = bool(todo & {"build", "cuda-tests", "cuda-ops", "cuda-step", "cuda-scaling"})
     today = dt.date.today().isoformat()
     results: dict = {
         "kind": "gpu" if on_gpu else "cpu",
@@ -387,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["tests"] = cuda_tests(workdir)
             ok = results["tests"]["ok"]
             save()
-        if not built and todo & {"cuda-ops", "cuda-step"}:
+        if not built and todo & {"cuda-ops", "cuda-step", "cuda-scaling"}:
             print("\nbenchmarks skipped: the build failed")
         if built and "cuda-ops" in todo:
             _banner("op benchmarks on cuda")
@@ -404,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _banner("training-iteration benchmark on cuda")
             results["step"] = bench_step("cuda", workdir, quick=args.quick)
             ok = ok and results["step"]["ok"]
+            save()
+        if built and "cuda-scaling" in todo:
+            _banner(f"data-parallel scaling over {gpu.count} GPUs")
+            results["scaling"] = bench_scaling(gpu.count, workdir, quick=args.quick)
+            ok = ok and results["scaling"]["ok"]
             save()
         if "cpu-bench" in todo:
             _banner("quick CPU op benchmark")

@@ -132,6 +132,13 @@ def test_gpu_check_plan() -> None:
     assert gpu_check.results_name(h100, "gpu", "2026-11-25", []) == (
         "nvidia-h100-80gb-hbm3-2026-11-25.json"
     )
+    # With several GPUs the data-parallel scaling runs over all of them.
+    eight = gpu_check.Gpu("NVIDIA H100 80GB HBM3", (9, 0), count=8)
+    assert runs(gpu_check.plan(eight)) == {"build", *gpu_parts, "cuda-scaling", "write-results"}
+    assert {s.name: s.why for s in gpu_check.plan(h100)}["cuda-scaling"] == "fewer than 2 GPUs"
+    assert gpu_check.results_name(eight, "gpu", "2026-11-25", ["scaling"]) == (
+        "nvidia-h100-80gb-hbm3-2026-11-25-tests-ops-step.json"
+    )
 
 
 def test_gpu_check_goal_verdict() -> None:
@@ -199,3 +206,35 @@ def test_step_variant_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["step", "--quick", "--variants", "turbo"])
     assert exc.value.code == 2
+
+
+def test_step_nproc_times_one_and_two_gloo_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`step --nproc 2`: the same per-process batch in 1 and in 2 processes, every process's
+    median, and speed-up and efficiency computed from them."""
+    out = tmp_path / "scaling.json"
+    assert main(["step", "--quick", "--device", "cpu", "--nproc", "2", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["model"], row["processes"], row["backend"]) == ("wrn-10-1", 2, "gloo")
+    assert row["batch_per_process"] == 4 and len(row["per_rank_median_s"]) == 2
+    assert row["n_process_s"] == max(row["per_rank_median_s"]) and row["one_process_s"] > 0
+    assert row["efficiency"] == pytest.approx(row["one_process_s"] / row["n_process_s"])
+    assert row["speedup"] == pytest.approx(2 * row["efficiency"])
+    assert "sanity check" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nproc", "1"], "--nproc must be >= 2"),
+        (["--nproc", "2", "--variants", "bf16"], "--nproc times the default configuration"),
+    ],
+)
+def test_step_nproc_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["step", "--quick", "--device", "cpu", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

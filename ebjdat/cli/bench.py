@@ -3,6 +3,7 @@ of one training iteration against a faithful reference of the official loop.
 
     ebjdat-bench ops [--device D] [--json FILE] [--quick] [--dtype ...] [--no-compile]
     ebjdat-bench step [--device D] [--json FILE] [--quick] [--models ...] [--batch B]
+    ebjdat-bench step --nproc N [--device D] [--json FILE] [--quick] [--models ...] [--batch B]
 
 prints one table line per (op, shape, dtype) as it finishes and, with --json, writes
 {"machine": {...}, "rows": [...]} (one row per implementation; see ebjdat.benchmarks.ops).
@@ -231,6 +232,8 @@ def run_step(args: argparse.Namespace) -> int:
     batch = 4 if args.quick else args.batch
     repeats = 1 if args.quick else args.repeats
     _check_step_configs(models, batch, args.set or [], args.variants)
+    if args.nproc is not None:
+        return _run_scaling(args, device, models, batch, repeats, json_path)
     machine = machine_info(device)
     rates = {
         str(dt).removeprefix("torch."): bench_step.matmul_tflops(device, dt, quick=args.quick)
@@ -295,6 +298,61 @@ def run_step(args: argparse.Namespace) -> int:
                     "cifar10_epoch_min": epoch_min(r.median_s, batch),
                 }
             )
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return 0
+
+
+def _run_scaling(
+    args: argparse.Namespace,
+    device: torch.device,
+    models: Sequence[str],
+    batch: int,
+    repeats: int,
+    json_path: Path | None,
+) -> int:
+    """`step --nproc N`: each model's iteration in 1 and in N processes, and the efficiency."""
+    from ebjdat.benchmarks import machine_info
+    from ebjdat.benchmarks.scaling import run_scaling
+
+    check_range("--nproc", args.nproc, low=2)
+    if args.variants != ["default"]:
+        raise UsageError("--nproc times the default configuration only; drop --variants")
+    if device.type == "cuda" and args.nproc > torch.cuda.device_count():
+        raise UsageError(
+            f"--nproc {args.nproc}: only {torch.cuda.device_count()} GPUs are visible"
+        )
+    machine = machine_info(device)
+    machine.update(quick=args.quick, repeats=repeats, preset="official", nproc=args.nproc)
+    note = (
+        "the processes share this machine's CPU cores, so this is a sanity check of the "
+        "data-parallel path, not a scaling measurement"
+        if device.type == "cpu"
+        else "one GPU per process, NCCL"
+    )
+    print(
+        f"{PROG} step --nproc {args.nproc} on {device.type} ({machine['device_name']}), preset "
+        f"'official', batch {batch} per process, median of {repeats}; efficiency = t(1) / "
+        f"t({args.nproc}) at the same per-process batch; {note}"
+    )
+    titles = ["model", "processes", "1-proc s", "N-proc s", "speed-up", "efficiency"]
+    columns = [(t, max(len(t), 10)) for t in titles]
+    print(_line(titles, columns, text_last=False))
+    rows = []
+    for model in models:
+        try:
+            row = run_scaling(
+                model, batch, device, args.nproc, repeats=repeats, sets=list(args.set or [])
+            )
+        except RuntimeError as err:
+            raise UsageError(one_line(err)) from None
+        cells = [model, str(args.nproc), f"{row['one_process_s']:.3f}",
+                 f"{row['n_process_s']:.3f}", f"{row['speedup']:.2f}",
+                 f"{row['efficiency']:.2f}"]  # fmt: skip
+        print(_line(cells, columns, text_last=False), flush=True)
+        rows.append(row)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
@@ -466,6 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
             for name, sets in bench_step.VARIANTS.items()
         )
         + " (default: default)",
+    )
+    step_parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="instead: time the iteration in 1 and in N data-parallel processes (torchrun; "
+        "NCCL, one GPU each, on cuda; gloo on cpu) and report the scaling efficiency",
     )
     step_parser.add_argument("--json", metavar="FILE", help='also write {"machine", "rows"}')
     step_parser.add_argument(
