@@ -63,8 +63,10 @@ def test_every_preset_loads_and_validates() -> None:
     assert not official.adv.project and official.adv.objective == "logit"
     assert official.adv.perception_loss and official.loss.align_positives == "unpaired"
     assert official.adv.eps == pytest.approx(4 / 255)  # 8/255 in [-1, 1] units
+    assert official.optim.warmup_from == "zero"
     sound = config.load_preset("ebjdat-jempp")
     assert sound.adv.project and sound.loss.align_positives == "paired"
+    assert sound.optim.warmup_from == "one"
     assert config.load_preset("ebjdat-sadajem").optim.name == "sam"
     assert config.load_preset("digits-pgd-at").loss.w_px == 0
     assert not config.load_preset("digits-jem").adv.enabled
@@ -140,6 +142,35 @@ def test_loss_terms_against_hand_computation() -> None:
         "align": False,
         "ce_adv": True,
     }
+
+
+def test_warmup_schedule_against_hand_values() -> None:
+    """optim.warmup_from: "one" gives step i (from 0) lr (i + 1) / n, "zero" the official
+    lr i / n (step 0 at LR 0); after n steps both are lr, then decayed per epoch."""
+    from ebjdat.train.schedule import learning_rate
+
+    one = config.OptimConfig(lr=0.01, warmup_iters=1000, decay_epochs=[2, 4], decay_rate=0.2)
+    zero = config.OptimConfig(
+        lr=0.01, warmup_iters=1000, decay_epochs=[2, 4], decay_rate=0.2, warmup_from="zero"
+    )
+    for i, want_one, want_zero in [
+        (0, 1e-5, 0.0),
+        (1, 2e-5, 1e-5),
+        (499, 0.005, 0.00499),
+        (999, 0.01, 0.00999),
+        (1000, 0.01, 0.01),
+        (5000, 0.01, 0.01),
+    ]:
+        assert learning_rate(one, i, 1) == pytest.approx(want_one, rel=1e-12, abs=0)
+        assert learning_rate(zero, i, 1) == pytest.approx(want_zero, rel=1e-12, abs=0)
+    assert learning_rate(zero, 0, 0) == 0.0  # exactly: the first step only seeds momentum
+    assert learning_rate(zero, 2000, 2) == pytest.approx(0.002)  # one decay
+    assert learning_rate(zero, 4000, 4, scale=0.5) == pytest.approx(0.0002)  # two, a rollback
+    assert learning_rate(zero, 10, 3, scale=0.5) == pytest.approx(0.00005)  # warm-up: no decay
+    off = config.OptimConfig(lr=0.01, warmup_iters=0, warmup_from="zero")
+    assert learning_rate(off, 0, 0) == 0.01  # no warm-up: full rate from the first step
+    with pytest.raises(ConfigError, match="optim.warmup_from must be one of"):
+        config.override(config.load_preset("digits"), "optim.warmup_from=two").validate()
 
 
 def test_checkpoint_is_atomic_and_safe(tmp_path: Path) -> None:

@@ -105,6 +105,10 @@ class OptimConfig:
     betas: list[float] = setting([0.9, 0.999], ge=0, lt=1)
     # Optimiser steps, which every process takes together: the same count at any world size.
     warmup_iters: int = setting(1000, ge=0)
+    # The warm-up LR of step i (counted from 0): "one" lr * (i + 1) / warmup_iters, so the first
+    # step already moves the weights and the last warm-up step reaches lr; "zero" lr * i /
+    # warmup_iters, the official schedule, whose first step has LR 0 and only seeds momentum.
+    warmup_from: str = setting("one", choices=("one", "zero"))
     decay_epochs: list[int] = setting([40, 80, 120], ge=0)
     decay_rate: float = setting(0.2, gt=0)
     sam_rho: float = setting(2.0, gt=0)
