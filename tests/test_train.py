@@ -64,9 +64,10 @@ def test_every_preset_loads_and_validates() -> None:
     assert official.adv.perception_loss and official.loss.align_positives == "unpaired"
     assert official.adv.eps == pytest.approx(4 / 255)  # 8/255 in [-1, 1] units
     assert official.optim.warmup_from == "zero"
+    assert official.sgld.gaussian_fit == "augmented"
     sound = config.load_preset("ebjdat-jempp")
     assert sound.adv.project and sound.loss.align_positives == "paired"
-    assert sound.optim.warmup_from == "one"
+    assert sound.optim.warmup_from == "one" and sound.sgld.gaussian_fit == "clean"
     assert config.load_preset("ebjdat-sadajem").optim.name == "sam"
     assert config.load_preset("digits-pgd-at").loss.w_px == 0
     assert not config.load_preset("digits-jem").adv.enabled
@@ -171,6 +172,74 @@ def test_warmup_schedule_against_hand_values() -> None:
     assert learning_rate(off, 0, 0) == 0.01  # no warm-up: full rate from the first step
     with pytest.raises(ConfigError, match="optim.warmup_from must be one of"):
         config.override(config.load_preset("digits"), "optim.warmup_from=two").validate()
+
+
+def test_augmented_gaussian_fit_is_one_augmented_pass() -> None:
+    """sgld.gaussian_fit = "augmented" fits the class Gaussians to one shuffled pass over the
+    training split through the labelled stream's pad-crop, flip and noise, from a generator of
+    its own: its means and covariances equal those of the same pass recomputed here image by
+    image, the streamed path fits the same, and no other random stream of the build moves."""
+    import torch.nn.functional as F
+
+    from ebjdat.data import load_split_tensors
+    from ebjdat.train.build import build_training, gaussian_fit_seed
+
+    extra = ("data.augment_flip=true", "data.augment_pad=2", "data.workers=0")
+
+    def build(*more: str):  # noqa: ANN202 - TrainingParts and the global RNG state after it
+        parts = build_training(config=tiny_config(*extra, *more), device="cpu", log=lambda m: None)
+        return parts, torch.get_rng_state()
+
+    clean, clean_rng = build()
+    aug, aug_rng = build("sgld.gaussian_fit=augmented")
+    streamed, _ = build("sgld.gaussian_fit=augmented", "data.loader=stream")
+
+    # The same pass by hand: the permutation, then per batch the crop offsets, flips and noise.
+    x, y = load_split_tensors("digits", "train")
+    x = x.double()
+    n, (c, h, w), b, pad = len(x), x.shape[1:], aug.cfg.data.labelled_batch_size, 2
+    g = torch.Generator().manual_seed(gaussian_fit_seed(aug.cfg.train.seed))
+    perm = torch.randperm(n, generator=g)
+    images, labels = [], []
+    for start in range(0, n, b):
+        idx = perm[start : start + b]
+        offsets = torch.randint(0, 2 * pad + 1, (len(idx), 2), generator=g)
+        flips = torch.rand(len(idx), generator=g) < 0.5
+        noise = torch.randn((len(idx), c, h, w), generator=g).double()
+        for j, i in enumerate(idx.tolist()):
+            r, q = offsets[j].tolist()
+            padded = F.pad(x[i : i + 1], (pad,) * 4, mode="reflect")[0]
+            crop = padded[:, r : r + h, q : q + w]
+            crop = crop.flip(-1) if flips[j] else crop
+            images.append(2 * (crop + 0.03 / 2 * noise[j]) - 1)  # noise 0.03 in [-1, 1] units
+            labels.append(int(y[i]))
+    z, labels = torch.stack(images).flatten(1), torch.tensor(labels)
+    gaussians = aug.buffer.gaussians
+    for k in range(aug.num_classes):
+        zk = z[labels == k]
+        mean = zk.mean(0)
+        cov = (zk - mean).T @ (zk - mean) / len(zk) + 1e-4 * torch.eye(zk.shape[1])
+        torch.testing.assert_close(gaussians.means[k].double(), mean, atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            gaussians.covariance_matrix(k).double(), cov, atol=1e-5, rtol=1e-4
+        )
+        clean_mean = (2 * x[y == k] - 1).flatten(1).mean(0)
+        torch.testing.assert_close(clean.buffer.gaussians.means[k].double(), clean_mean)
+        assert (gaussians.means[k].double() - clean_mean).abs().max() > 1e-2
+    for key, tensor in gaussians.state_dict().items():
+        torch.testing.assert_close(streamed.buffer.gaussians.state_dict()[key], tensor, msg=key)
+    # Only the Gaussians (and the buffer drawn from them) differ.
+    assert torch.equal(clean_rng, aug_rng)
+    for p, q in zip(clean.model.parameters(), aug.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for a, b_ in [
+        (clean.labelled.generator, aug.labelled.generator),
+        (clean.positives.generator, aug.positives.generator),
+        (clean.buffer.generator, aug.buffer.generator),
+        (clean.generator, aug.generator),
+    ]:
+        assert torch.equal(a.get_state(), b_.get_state())
+    assert not torch.equal(clean.buffer.buffer, aug.buffer.buffer)
 
 
 def test_checkpoint_is_atomic_and_safe(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """Per-class Gaussians: JEM++/SADA-JEM's informative replay-buffer init.
 
-Fitted locally from the training images (flattened, internal [-1, 1] range). The full
-covariance is the official `category_mean` exactly: mean, biased covariance (divide by n), plus
-jitter * I (1e-4) before the Cholesky factorisation that MultivariateNormal would do. Samples are
-clipped to [-1, 1].
+Fitted locally from training images (flattened, internal [-1, 1] range). The full covariance is
+the official estimator: mean, biased covariance (divide by n), plus jitter * I (1e-4) before the
+Cholesky factorisation that MultivariateNormal would do. Samples are clipped to [-1, 1]. Which
+images is the caller's choice: the official code fits one epoch of its augmented, noisy training
+loader (training's sgld.gaussian_fit = "augmented"); training's default and evaluation fit the
+clean images.
 
 A full D x D covariance does not scale: at 3x64x64 (D = 12,288) it is about 600 MB per class in
 float32, so 100 classes cannot be held. Above `FULL_COVARIANCE_MAX_DIM` the fit is low-rank plus
@@ -380,9 +382,10 @@ def fit_class_gaussians(
     rank: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ClassGaussians:
-    """The class Gaussians of a training split given as uint8 or [0, 1] float images [N, C, H,
-    W]: converted to the model's internal [-1, 1] units here, so that training, evaluation and
-    sampling all fit the same Gaussians from the same pixels. `covariance`, `rank` and `log` as
+    """The class Gaussians of training images given as uint8 or float pixels [N, C, H, W] ([0,
+    1], or a little beyond after data noise): converted to the model's internal [-1, 1] units
+    here, so that training, evaluation and sampling all fit the same Gaussians from the same
+    pixels. `covariance`, `rank` and `log` as
     in `ClassGaussians.fit` (large images get the low-rank kind, and `log` hears why)."""
     from ebjdat.data import to_float01
     from ebjdat.models.jem import JEM

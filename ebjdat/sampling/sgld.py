@@ -134,7 +134,8 @@ class SGLDConfig:
     their defaults and allowed values in this one place.
 
     steps ... bn_train are the chain (see `sgld`); calling the settings runs it. buffer_size,
-    reinit_freq and init describe the replay buffer that training keeps the chains in. All
+    reinit_freq, init and gaussian_fit describe the replay buffer that training keeps the chains
+    in. All
     quantities act on the model's internal [-1, 1] images, as JEM's do, so the official values
     carry over unchanged. The classmethods are the official variants' samplers.
     """
@@ -144,6 +145,10 @@ class SGLDConfig:
     # "gaussian": per-class Gaussians fitted to the training split (JEM++/SADA-JEM);
     # "uniform": U(-1, 1) (JEM)
     init: str = setting("gaussian", choices=("gaussian", "uniform"))
+    # What the class Gaussians are fitted to: "clean" training images, or "augmented": one pass
+    # of the labelled loader with its augmentation and data noise, as the official code does
+    # (drawn from a generator of its own, so the run's other random streams are unchanged).
+    gaussian_fit: str = setting("clean", choices=("clean", "augmented"))
     steps: int = setting(10, ge=0)
     step_size: float = setting(1.0, ge=0)
     noise_std: float = setting(0.0, ge=0)

@@ -27,7 +27,7 @@ from ebjdat.data.stream import StreamLoader, check_batch, collate, labels_of, re
 from ebjdat.models import Classifier, EnergyModel, build_model
 from ebjdat.sampling import ReplayBuffer, fit_class_gaussians
 
-from .config import Config, ConfigError, apply, load_preset
+from .config import Config, ConfigError, DataConfig, apply, load_preset
 from .losses import needs
 from .parallel import Distributed, data_parallel
 from .sam import SAM
@@ -92,6 +92,48 @@ class TrainData:
         split's order, so that a class with fewer gets the same fit on both paths."""
         if self.train_set is None:
             return self.train_x, self.train_y
+        return read_examples(self.train_set, self._gaussian_index(log).tolist())
+
+    def augmented_gaussian_examples(
+        self,
+        augment: Augment,
+        batch_size: int,
+        generator: torch.Generator,
+        log: Callable[[str], None],
+        workers: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of sgld.gaussian_fit = "augmented": one shuffled pass over the images
+        `gaussian_examples` picks, each once (no tail dropped), through `augment` (pixel units,
+        noisy, unclipped), as the official code fits its Gaussians to an epoch of its augmented,
+        noisy training loader. The loader runs on the CPU with `generator` alone, so the fit is
+        the same on every device and no other random stream of the run moves."""
+        cpu = torch.device("cpu")
+        if self.train_set is None:
+            loader: EpochLoader = TensorLoader(
+                self.train_x,
+                self.train_y,
+                batch_size,
+                device=cpu,
+                generator=generator,
+                augment=augment,
+                drop_last=False,
+            )
+        else:
+            loader = StreamLoader(
+                Subset(self.train_set, self._gaussian_index(log).tolist()),
+                batch_size,
+                device=cpu,
+                generator=generator,
+                augment=augment,
+                drop_last=False,
+                workers=workers,
+                num_classes=self.num_classes,
+            )
+        batches = list(loader)
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+    def _gaussian_index(self, log: Callable[[str], None]) -> torch.Tensor:
+        """A streamed split's examples for the Gaussian fit, in the split's order."""
         labels = self.train_labels
         picked = [
             (labels == k).nonzero().flatten()[:GAUSSIAN_FIT_PER_CLASS]
@@ -103,11 +145,15 @@ class TrainData:
                 f"class Gaussians fitted to {len(index)} of the {len(labels)} streamed training "
                 f"images (at most {GAUSSIAN_FIT_PER_CLASS} per class)"
             )
-        return read_examples(self.train_set, index.tolist())
+        return index
 
 
 # A streamed split's class Gaussians are fitted to this many images per class at most.
 GAUSSIAN_FIT_PER_CLASS = 256
+# The seed of the "augmented" Gaussian fit's pass is train.seed * 1000 + this, on every rank
+# (all ranks fit the same Gaussians), clear of the offsets of the loaders, shards, buffer and
+# samplers.
+GAUSSIAN_FIT_SEED_OFFSET = 700
 # The "auto" loader keeps a split in memory (on the training device) up to this size.
 MEMORY_BUDGET_BYTES = 2 << 30
 
@@ -341,6 +387,11 @@ def device_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
+def gaussian_fit_seed(seed: int) -> int:
+    """The seed of the "augmented" Gaussian fit's pass for a run seed (the same on every rank)."""
+    return seed * 1000 + GAUSSIAN_FIT_SEED_OFFSET
+
+
 def sampler_seed(seed: int, rank: int) -> int:
     """The seed of the sampler noise and starts for a run (or rollback) seed and a rank."""
     return seed * 1000 + rank + 4
@@ -420,13 +471,6 @@ def build_loaders(
     d = cfg.data
     rank_seed = cfg.train.seed * 1000 + dist.rank
 
-    def augment(on: bool, noise: bool) -> Augment:
-        return Augment(
-            pad=d.augment_pad if on else 0,
-            flip=d.augment_flip and on,
-            noise_std=d.noise_std if noise else 0.0,
-        )
-
     def loader(batch_size: int, offset: int, aug: Augment) -> EpochLoader:
         generator = device_generator(device, rank_seed + offset)
         shard = (
@@ -455,9 +499,18 @@ def build_loaders(
             shard=shard,
         )
 
-    labelled = loader(d.labelled_batch_size, 1, augment(True, d.noise_labelled))
-    positives = loader(d.batch_size, 2, augment(d.augment_positives, d.noise_positives))
+    labelled = loader(d.labelled_batch_size, 1, data_augment(d, True, d.noise_labelled))
+    positives = loader(d.batch_size, 2, data_augment(d, d.augment_positives, d.noise_positives))
     return labelled, positives
+
+
+def data_augment(d: DataConfig, on: bool, noise: bool) -> Augment:
+    """A stream's augmentation: pad-and-crop and flip when `on`, the data noise when `noise`."""
+    return Augment(
+        pad=d.augment_pad if on else 0,
+        flip=d.augment_flip and on,
+        noise_std=d.noise_std if noise else 0.0,
+    )
 
 
 def buffer_share(size: int, dist: Distributed) -> int:
@@ -477,7 +530,18 @@ def build_buffer(
     s = cfg.sgld
     gaussians = None
     if s.init == "gaussian":
-        x, y = data.gaussian_examples(log)
+        if s.gaussian_fit == "augmented":  # the labelled stream's augmentation and noise
+            d = cfg.data
+            x, y = data.augmented_gaussian_examples(
+                data_augment(d, True, d.noise_labelled),
+                d.labelled_batch_size,
+                device_generator(torch.device("cpu"), gaussian_fit_seed(cfg.train.seed)),
+                log,
+                d.workers,
+            )
+            log(f"class Gaussians fitted to one augmented, noisy pass over {len(x)} images")
+        else:
+            x, y = data.gaussian_examples(log)
         gaussians = fit_class_gaussians(x, y, data.num_classes, log=log)
     return ReplayBuffer(
         buffer_share(s.buffer_size, dist),
