@@ -77,6 +77,7 @@ def global_batch() -> tuple[torch.Tensor, ...]:
 def trainer(optimizer: str, distributed: Distributed, batch: int, **kw: object) -> Trainer:
     config = {
         **CONFIG,
+        **kw.pop("config", {}),  # type: ignore[dict-item]
         "optim.name": optimizer,
         "data.batch_size": batch,
         "data.labelled_batch_size": batch,
@@ -105,13 +106,18 @@ def fixed_step(optimizer: str, distributed: Distributed, log: list[str]) -> dict
     }
 
 
-def count_allreduces(optimizer: str, distributed: Distributed) -> list[int]:
+def count_allreduces(
+    optimizer: str, distributed: Distributed, forwards: list[int] | None = None, **config: object
+) -> list[int]:
     """Bucket indices all-reduced during one real step (SGLD and adversarial sampling
-    included)."""
+    included); `forwards` gets the number of forwards through DDP appended; `config` overrides
+    CONFIG."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    t = trainer(optimizer, distributed, PER_PROCESS, log=lambda message: None)
+    t = trainer(optimizer, distributed, PER_PROCESS, log=lambda message: None, config=config)
     seen: list[int] = []
+    calls = [0]
+    t.loss_logits.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
 
     # Unannotated: DDP compares the annotation with dist.GradBucket, which a string is not.
     def hook(state, bucket):  # noqa: ANN001, ANN202
@@ -122,6 +128,8 @@ def count_allreduces(optimizer: str, distributed: Distributed) -> list[int]:
     x_pos, _ = next(iter(t.positives))
     x_lab, y = next(iter(t.labelled))
     t.train_step(x_pos, x_lab, y)
+    if forwards is not None:
+        forwards.append(calls[0])
     return seen
 
 
@@ -139,6 +147,14 @@ def main(out: str) -> None:
             "loss_forward": mine["loss_forward"],
             "allreduced_buckets": count_allreduces(optimizer, distributed),
         }
+    # train.official_bn_updates adds train-mode forwards outside DDP: the same all-reduces and
+    # the same forwards through DDP (each would broadcast buffers) as without it.
+    for on in (False, True):
+        forwards: list[int] = []
+        buckets = count_allreduces(
+            "sgd", distributed, forwards, **{"train.official_bn_updates": on}
+        )
+        result[f"official_bn_updates={on}"] = {"allreduced_buckets": buckets, "forwards": forwards}
     if distributed.main:
         torch.save(result, out)
     distributed.teardown()

@@ -3,6 +3,7 @@
 - 2 processes x batch b compute the loss, gradients and update of 1 process x batch 2b on the
   same examples, for SGD and for SAM (tests/ddp_worker.py runs the two-process side);
 - the samplers' passes all-reduce nothing: a real step all-reduces once, a SAM step twice;
+  train.official_bn_updates adds no forward through DDP and no all-reduce;
 - a two-process run killed with SIGKILL mid-epoch resumes bit-identical to an uninterrupted one;
 - resuming it with another number of processes is a one-line error.
 
@@ -100,6 +101,8 @@ def test_sampling_passes_do_not_all_reduce(two_processes: dict) -> None:
     assert plain and sorted(plain) == sorted(set(plain))  # each bucket once per step
     assert sorted(two_processes["sam"]["allreduced_buckets"]) == sorted(plain * 2)
     assert any("do not reach the logits (net.unused.weight" in m for m in two_processes["log"])
+    off, on = (two_processes[f"official_bn_updates={flag}"] for flag in (False, True))
+    assert on == off and off["forwards"][0] > 0  # the extra BN forwards never go through DDP
 
 
 def _iteration(last: Path) -> int:

@@ -10,7 +10,9 @@ What differs is only the optimisation itself, and that is exact here:
 - PYLD's 10 x 5 x 0.2 inner steps equal 10 clipped steps of size 1 because conv1 is linear
   (see docs/method-notes.md, 'PYLD equals clipped SGLD');
 - the second f(x_p_d) forward repeats the first's output (train-mode BN uses batch statistics)
-  and only moves running statistics after they were read.
+  and only moves running statistics after they were read; with it the official loop forwards
+  x_adv twice, and the preset's train.official_bn_updates repeats both forwards without graphs,
+  so that the BN running statistics after the step agree too.
 Everything runs in float64, so the tolerance is rounding only."""
 
 from __future__ import annotations
@@ -78,7 +80,11 @@ def test_reference_computes_the_official_preset_loss(
     want.backward()
     for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
-    # (BN running statistics differ afterwards, by the reference's extra f(x_p_d) forward.)
+    # The running statistics too, through the official loop's extra train-mode forwards.
+    ours, theirs = dict(trainer.model.named_buffers()), dict(reference.named_buffers())
+    assert ours.keys() == theirs.keys() and any("running_mean" in k for k in ours)
+    for name, value in ours.items():
+        torch.testing.assert_close(value, theirs[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_reference_init_draws_from_the_class_gaussians() -> None:

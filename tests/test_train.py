@@ -64,10 +64,15 @@ def test_every_preset_loads_and_validates() -> None:
     assert official.adv.perception_loss and official.loss.align_positives == "unpaired"
     assert official.adv.eps == pytest.approx(4 / 255)  # 8/255 in [-1, 1] units
     assert official.optim.warmup_from == "zero"
-    assert official.sgld.gaussian_fit == "augmented"
+    assert official.sgld.gaussian_fit == "augmented" and official.train.official_bn_updates
     sound = config.load_preset("ebjdat-jempp")
     assert sound.adv.project and sound.loss.align_positives == "paired"
     assert sound.optim.warmup_from == "one" and sound.sgld.gaussian_fit == "clean"
+    assert not any(
+        config.load_preset(name).train.official_bn_updates
+        for name in config.preset_names()
+        if name != "official"
+    )
     assert config.load_preset("ebjdat-sadajem").optim.name == "sam"
     assert config.load_preset("digits-pgd-at").loss.w_px == 0
     assert not config.load_preset("digits-jem").adv.enabled
@@ -377,6 +382,76 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     n = len(load_split_tensors("digits", "train")[1])
     assert [r["labelled"]["num_samples"] for r in state["ranks"]] == [n // 2, n // 2]
     assert "data parallel over 2 processes" in result.stdout
+
+
+@pytest.mark.parametrize("positives", ["unpaired", "paired"])
+def test_official_bn_updates_move_only_the_running_statistics(
+    monkeypatch: pytest.MonkeyPatch, positives: str
+) -> None:
+    """train.official_bn_updates: after the adversarial sampler the step forwards, as the
+    official loop does, the alignment term's positives and the adversarial batch twice in train
+    mode. In float64, the BN running statistics after one step equal those of a copy of the model
+    taken after the sampler and given those forwards by hand; the loss, the gradients and the
+    updated weights equal those of the step without the switch (one forward per input)."""
+    import copy
+
+    from ebjdat.models import JEM
+
+    g = torch.Generator().manual_seed(0)
+    x_pos, x_lab = (torch.rand(8, 1, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    z0 = torch.rand(8, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+
+    def step(on: bool) -> tuple[Trainer, losses.LossTerms, dict[str, torch.Tensor]]:
+        cfg = tiny_config(
+            "model.norm=batch",
+            "data.batch_size=8",
+            "data.labelled_batch_size=8",
+            "sgld.buffer_size=16",
+            "sgld.bn_train=true",  # the sampler moves the statistics too, as JEM++'s does
+            "train.channels_last=false",
+            f"loss.align_positives={positives}",
+            f"train.official_bn_updates={str(on).lower()}",
+        )
+        trainer = Trainer(config=cfg, progress_bar=False, log=lambda m: None)
+        trainer.model.double()
+        monkeypatch.setattr(trainer.buffer, "sample", lambda n: (z0.clone(), torch.arange(8)))
+        monkeypatch.setattr(trainer.buffer, "update", lambda i, z: None)
+        sampler, seen = trainer._adversarial, {}
+
+        def adversarial(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            seen["z_adv"] = sampler(z, labels)
+            seen["model"] = copy.deepcopy(trainer.model)  # the statistics after the sampler
+            return seen["z_adv"]
+
+        monkeypatch.setattr(trainer, "_adversarial", adversarial)
+        return trainer, trainer.train_step(x_pos, x_lab, y), seen
+
+    def bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in model.named_buffers() if "running" in k or "num_batches" in k}
+
+    off, off_terms, off_seen = step(False)
+    on, on_terms, on_seen = step(True)
+    assert torch.equal(on_terms.total, off_terms.total)
+    for (name, p), q in zip(on.model.named_parameters(), off.model.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+        assert torch.equal(p, q), name
+    torch.testing.assert_close(on_seen["z_adv"], off_seen["z_adv"], rtol=0, atol=0)
+    z_align = JEM.to_internal(x_pos if positives == "unpaired" else x_lab)
+    for trainer, seen, inputs in [
+        (off, off_seen, [off_seen["z_adv"]]),  # the loss's own forward only
+        (on, on_seen, [z_align, on_seen["z_adv"], on_seen["z_adv"]]),
+    ]:
+        by_hand = seen["model"].train()
+        with torch.no_grad():
+            for z in inputs:
+                by_hand.logits_internal(z)
+        want = bn_stats(by_hand)
+        assert want and any("running_var" in k for k in want)
+        for key, value in bn_stats(trainer.model).items():
+            torch.testing.assert_close(value, want[key], rtol=1e-12, atol=1e-12, msg=key)
+    moved = [k for k, v in bn_stats(on.model).items() if not torch.equal(v, bn_stats(off.model)[k])]
+    assert moved
 
 
 def test_sam_steps_match_hand_computation() -> None:

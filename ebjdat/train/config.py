@@ -150,6 +150,13 @@ class TrainConfig:
     # Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
     # instead of each process's own, as the official code computes them per GPU.
     sync_bn: bool = False
+    # The official loop's BatchNorm running statistics: its alignment term forwards the positives
+    # again, and the adversarial batch once more than ours, in train mode, after the adversarial
+    # sampler. true repeats those forwards without graphs, so the loss and gradients stay the
+    # same and only the running statistics (the evaluated, checkpointed model) follow the
+    # official code; it costs one extra forward of the positives and one of the adversarial
+    # batch per step (no backward).
+    official_bn_updates: bool = False
 
 
 @dataclass

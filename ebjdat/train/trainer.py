@@ -269,6 +269,25 @@ class Trainer:
             cuda_graph=self.cfg.train.cuda_graphs,
         )
 
+    @torch.no_grad()
+    def _official_bn_updates(
+        self, z_pos: torch.Tensor | None, z_lab: torch.Tensor | None, z_adv: torch.Tensor
+    ) -> None:
+        """train.official_bn_updates: the train-mode forwards that the official loop makes after
+        the adversarial sampler and ours does not, in its order. Its alignment term forwards its
+        positives again (the positives minibatch, or with paired positives the labelled batch)
+        and the adversarial batch, which the adversarial CE term then forwards once more. No
+        graphs, so only BatchNorm running statistics (and dropout draws) see them; self.logits
+        is the unwrapped model, so they never all-reduce under data parallelism."""
+        need = self.need
+        if not need["align"]:
+            return  # the adversarial batch is forwarded once, as here
+        positives = z_pos if self.cfg.loss.align_positives == "unpaired" else z_lab
+        if positives is not None:
+            self.logits(positives)
+        if need["ce_adv"]:
+            self.logits(z_adv)  # the loss's own forward of z_adv is the official's second
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 forwards when asked (train.autocast = "bf16"); energies stay float32."""
         return torch.autocast(
@@ -283,11 +302,14 @@ class Trainer:
         timer: PhaseTimer | None = None,
     ) -> LossTerms:
         """One optimiser step. The forwards run in the official order (positives, SGLD, samples,
-        labelled, adversarial sampling, adversarial), so BatchNorm running statistics, which the
-        eval-mode adversarial sampler reads, evolve exactly as in the official code, but no input
-        is forwarded twice. A diverged step is recorded, not raised, so that nothing waits for the
-        device: `self.watch.check()` raises Diverged (fit() calls it every train.sync_every
-        iterations and before every checkpoint)."""
+        labelled, adversarial sampling, adversarial), so the BatchNorm running statistics that
+        the eval-mode adversarial sampler reads are exactly the official code's, but no input is
+        forwarded twice: after the sampler the official loop forwards the positives again and
+        the adversarial batch twice, which only moves the running statistics further;
+        train.official_bn_updates repeats those forwards without graphs. A diverged step is
+        recorded, not raised, so that nothing waits for the device: `self.watch.check()` raises
+        Diverged (fit() calls it every train.sync_every iterations and before every
+        checkpoint)."""
         phase = timer or PhaseTimer(enabled=False)
         lr = learning_rate(
             self.cfg.optim,
@@ -325,6 +347,8 @@ class Trainer:
                 with phase("adversarial"):
                     z_adv = self._adversarial(z_all, y)
                 with phase("loss_forward"):
+                    if self.cfg.train.official_bn_updates:
+                        self._official_bn_updates(z_pos, z_lab, z_adv)
                     logits_adv = f(z_adv)
             with phase("loss_forward"):
                 forward = Forward(logits_pos, logits_q, logits_lab, logits_adv)
