@@ -19,6 +19,7 @@ from .fresh_samples import (
     SampleSettings,
     sample_checkpoint,
 )
+from .intervals import accuracy_ci95, wilson_interval
 from .ood import (
     SCORES,
     auroc,
@@ -29,22 +30,29 @@ from .ood import (
     ood_sets_for,
 )
 from .robustness import (
+    AA_ENGINES,
+    AA_VERSIONS,
     PROTOCOLS,
     Protocol,
     autoattack_accuracy,
+    autoattack_run,
     canonical_norm,
     clean_accuracy,
     default_eps,
     evaluate_robustness,
     get_protocol,
     make_autoattack,
+    make_original_autoattack,
     pgd_accuracy,
+    resolve_autoattack,
     sanity_checks,
     sanity_report,
     zero_gradient_fraction,
 )
 
 __all__ = [
+    "AA_ENGINES",
+    "AA_VERSIONS",
     "FROM_CONFIG",
     "PROTOCOLS",
     "SCORES",
@@ -55,8 +63,10 @@ __all__ = [
     "SampleSettings",
     "SamplerOverrides",
     "SettingsError",
+    "accuracy_ci95",
     "auroc",
     "autoattack_accuracy",
+    "autoattack_run",
     "calibration_bins",
     "canonical_norm",
     "clean_accuracy",
@@ -69,13 +79,16 @@ __all__ = [
     "interpolations",
     "load_checkpoint",
     "make_autoattack",
+    "make_original_autoattack",
     "ood_auroc",
     "ood_scores",
     "ood_sets_for",
     "pgd_accuracy",
     "reliability_diagram",
+    "resolve_autoattack",
     "sample_checkpoint",
     "sanity_checks",
     "sanity_report",
+    "wilson_interval",
     "zero_gradient_fraction",
 ]

@@ -3,12 +3,18 @@
 Two protocols (see docs/method-notes.md, 'The official evaluation'):
 
 - "standard": eps in [0, 1] pixel units as requested, no test-time noise, PGD-k with step
-  2.5·eps/k, and torchattacks' AutoAttack "standard" applied unmodified. These are the numbers
-  to cite.
+  2.5·eps/k, and the original AutoAttack (Croce & Hein's own code, packaged as pyautoattack),
+  "standard" version, applied unmodified. These are the numbers to cite. torchattacks' port
+  of AutoAttack stays available as a cross-check (aa_impl="torchattacks"); it runs 10
+  iterations per gradient attack where the original runs 100.
 - "paper": what the official EB-JDAT/JEM evaluation code does, reproduced on purpose so that our
   numbers can be put next to the paper's: eps applied to [-1, 1]-normalised inputs (so half the
   requested eps in pixels), Gaussian test-time noise σ = 0.03 in [-1, 1] units (0.015 in pixels)
-  and a reduced AutoAttack. The report says it is not a standard evaluation.
+  and a reduced AutoAttack built from torchattacks' attacks (as the official code does). The
+  report says it is not a standard evaluation.
+
+Every accuracy comes with its 95% Wilson score interval (`<key>_ci95`), since a few hundred test
+images leave a few points of sampling error.
 
 Robust accuracy follows AutoAttack's convention: a sample counts as robust when it is classified
 correctly clean *and* after the attack, so robust accuracy can never exceed clean accuracy. A
@@ -21,9 +27,13 @@ and its eps-ball is centred on the noisy image.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +42,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ebjdat.attacks import pgd_attack
+from ebjdat.checks import SettingsError
 from ebjdat.data import to_float01
 from ebjdat.grad_modes import grad_mode, outside_inference_mode
+
+from .intervals import accuracy_ci95
 
 Model01 = Callable[[torch.Tensor], torch.Tensor]
 
 PAPER_NOISE_INTERNAL = 0.03  # σ of the official loader's noise, in [-1, 1] units
 _PGD_NAME = re.compile(r"^pgd(\d+)$")
-_AA_VERSIONS = ("standard", "paper", "full")
 
 
 # ---- small helpers ---------------------------------------------------------------------------
@@ -208,7 +220,20 @@ def pgd_accuracy(
     return robust / x.shape[0]
 
 
-# ---- AutoAttack (torchattacks) ---------------------------------------------------------------
+# ---- AutoAttack: the original code and the torchattacks port ---------------------------------
+
+# The engines, the pip package each one needs, and the versions each one can run. "paper" is
+# the paper protocol's own reduced version; "full" is the port's attacks at the original's
+# iteration counts (a cross-check, since the port's "standard" runs 10 iterations).
+AA_ENGINES = ("original", "torchattacks")
+AA_PACKAGES = {"original": "pyautoattack", "torchattacks": "torchattacks"}
+AA_VERSIONS = {
+    "original": ("standard", "plus", "rand"),
+    "torchattacks": ("standard", "plus", "rand", "full", "paper"),
+}
+AA_USER_VERSIONS = ("standard", "plus", "rand", "full")  # what a caller may ask for by name
+# The DLR losses read the 3rd (untargeted) or 4th (targeted) largest logit.
+_AA_MIN_CLASSES = {"standard": 4, "plus": 4, "rand": 3, "full": 4, "paper": 3}
 
 
 class _Callable01(nn.Module):
@@ -230,6 +255,69 @@ def _as_module(model01: Model01, device: torch.device) -> nn.Module:
     return _Callable01(model01, device)
 
 
+def resolve_autoattack(
+    protocol: str | Protocol = "standard",
+    aa_impl: str | None = None,
+    aa_version: str | None = None,
+) -> tuple[str, str]:
+    """(engine, version) that a protocol runs, with the caller's choices checked.
+
+    None means the protocol's own: the original engine's "standard" version for the standard
+    protocol; the torchattacks-built reduced version for the paper protocol, which fixes both
+    (it reproduces the official EB-JDAT code, which used torchattacks). A SettingsError names
+    the field (aa_impl, aa_version) that cannot be used.
+    """
+    proto = get_protocol(protocol)
+    if aa_impl is not None and aa_impl not in AA_ENGINES:
+        raise SettingsError("aa_impl", f"must be 'original' or 'torchattacks', got {aa_impl!r}")
+    if aa_version is not None and aa_version not in AA_USER_VERSIONS:
+        raise SettingsError(
+            "aa_version",
+            f"must be one of {', '.join(AA_USER_VERSIONS)}, got {aa_version!r}",
+        )
+    if not proto.standard:
+        if aa_impl not in (None, proto.autoattack_engine):
+            raise SettingsError(
+                "aa_impl",
+                f"{aa_impl} cannot run the {proto.name} protocol: its reduced AutoAttack is "
+                f"built from {proto.autoattack_engine} attacks, as in the official code; leave "
+                "it out, or use the standard protocol",
+            )
+        if aa_version is not None:
+            raise SettingsError(
+                "aa_version",
+                f"{aa_version} cannot be chosen under the {proto.name} protocol, which fixes "
+                "its own reduced AutoAttack; leave it out, or use the standard protocol",
+            )
+        return proto.autoattack_engine, proto.autoattack_version
+    engine = aa_impl or proto.autoattack_engine
+    version = aa_version or proto.autoattack_version
+    if version not in AA_VERSIONS[engine]:
+        others = [e for e in AA_ENGINES if version in AA_VERSIONS[e]]
+        hint = f"; {version} needs the {others[0]} engine" if others else ""
+        raise SettingsError(
+            "aa_version",
+            f"{version} is not a version of the {engine} AutoAttack (it has "
+            f"{', '.join(v for v in AA_VERSIONS[engine] if v in AA_USER_VERSIONS)}){hint}",
+        )
+    return engine, version
+
+
+def autoattack_min_classes(version: str) -> int:
+    """How many classes an AutoAttack version needs (its DLR losses read the 3rd or 4th
+    largest logit)."""
+    return _AA_MIN_CLASSES[version]
+
+
+def _check_classes(version: str, n_classes: int) -> None:
+    need = _AA_MIN_CLASSES.get(version, 4)
+    if n_classes < need:
+        raise ValueError(
+            f"AutoAttack version {version!r} needs n_classes >= {need} (its DLR losses use the "
+            f"{need - 1}rd/4th largest logit), got n_classes={n_classes}"
+        )
+
+
 def make_autoattack(
     model: nn.Module,
     *,
@@ -239,29 +327,28 @@ def make_autoattack(
     n_classes: int,
     seed: int | None = 0,
 ) -> Any:
-    """The torchattacks attack object for an AutoAttack version.
+    """The torchattacks attack object for an AutoAttack version (the port, not the original).
 
-    - "standard": `torchattacks.AutoAttack(model, norm, eps, version="standard", ...)`,
-      unmodified (APGD-CE, APGD-T, FAB-T, Square 5000; torchattacks keeps its default of 10
-      iterations for the three gradient attacks).
+    - "standard", "plus", "rand": `torchattacks.AutoAttack(model, norm, eps, version=...)`,
+      unmodified ("standard": APGD-CE, APGD-T, FAB-T, Square 5000; torchattacks keeps its
+      default of 10 iterations for the three gradient attacks).
     - "paper": the official EB-JDAT/JEM code's reduced AutoAttack: APGD-CE (1 restart, 20
       steps), APGD-DLR untargeted (20 steps), FAB multi-targeted (20 steps), Square (5000
       queries), run in sequence on the still-robust points.
     - "full": the original AutoAttack standard hyperparameters (100 iterations for APGD-CE,
-      APGD-T over n_classes-1 targets and FAB-T; Square 5000), i.e. RobustBench's setting.
+      APGD-T over n_classes-1 targets and FAB-T; Square 5000), built from the port's attacks.
     """
     import torchattacks as ta
 
-    tnorm = _ta_norm(norm)
-    need = 3 if version == "paper" else 4
-    if n_classes < need:
+    if version not in AA_VERSIONS["torchattacks"]:
         raise ValueError(
-            f"AutoAttack version {version!r} needs n_classes >= {need} (its DLR losses use the "
-            f"{need - 1}rd/4th largest logit), got n_classes={n_classes}"
+            f"version must be one of {', '.join(AA_VERSIONS['torchattacks'])}, got {version!r}"
         )
-    if version == "standard":
+    tnorm = _ta_norm(norm)
+    _check_classes(version, n_classes)
+    if version in ("standard", "plus", "rand"):
         return ta.AutoAttack(
-            model, norm=tnorm, eps=eps, version="standard", n_classes=n_classes, seed=seed
+            model, norm=tnorm, eps=eps, version=version, n_classes=n_classes, seed=seed
         )
     common = dict(norm=tnorm, eps=eps, seed=seed, n_restarts=1)
     if version == "paper":
@@ -271,19 +358,196 @@ def make_autoattack(
             ta.FAB(model, steps=20, multi_targeted=True, n_classes=n_classes, **common),
             ta.Square(model, n_queries=5000, **common),
         ]
-    elif version == "full":
+    else:  # full
         attacks = [
             ta.APGD(model, steps=100, loss="ce", **common),
             ta.APGDT(model, steps=100, n_classes=n_classes, **common),
             ta.FAB(model, steps=100, multi_targeted=True, n_classes=n_classes, **common),
             ta.Square(model, n_queries=5000, **common),
         ]
-    else:
-        raise ValueError(f"version must be one of {', '.join(_AA_VERSIONS)}, got {version!r}")
     return ta.MultiAttack(attacks)
 
 
+def make_original_autoattack(
+    model: Model01,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    n_classes: int,
+    seed: int | None = 0,
+    device: torch.device | str = "cpu",
+) -> Any:
+    """Croce & Hein's own `AutoAttack` object (package pyautoattack) for a version.
+
+    Its settings are left as they are, with one exception: the targeted attacks aim at the
+    9 runner-up classes, which assumes 10 or more classes; with fewer the original would index
+    past the logits, so the number of targets is capped at n_classes - 1 (what its own
+    n_classes check asks for). On 10 classes nothing changes.
+    """
+    from pyautoattack import AutoAttack
+
+    if version not in AA_VERSIONS["original"]:
+        raise ValueError(
+            f"version must be one of {', '.join(AA_VERSIONS['original'])}, got {version!r}"
+        )
+    _check_classes(version, n_classes)
+    atk = AutoAttack(
+        model, eps=eps, norm=_ta_norm(norm), version=version, seed=seed, device=device
+    )
+    for sub in (atk.apgd_targeted, atk.fab):
+        sub.n_target_classes = min(sub.n_target_classes, n_classes - 1)
+    return atk
+
+
+_DIGITS = re.compile(r"\d+(\.\d+)?")
+
+
+def _collapse(messages: Sequence[str]) -> list[str]:
+    """The engine's messages once each: those that differ only in their numbers (the same
+    check on another batch or restart) are kept once, with how often they came."""
+    order: list[str] = []
+    first: dict[str, str] = {}
+    count: dict[str, int] = {}
+    for m in messages:
+        key = _DIGITS.sub("#", m)
+        if key not in first:
+            order.append(key)
+            first[key] = m
+        count[key] = count.get(key, 0) + 1
+    return [
+        first[k] + (f" (reported {count[k]} times; the first shown)" if count[k] > 1 else "")
+        for k in order
+    ]
+
+
+@contextmanager
+def _engine_messages(logger: logging.Logger) -> Iterator[list[str]]:
+    """Collects the original engine's check messages instead of letting them print.
+
+    Its checks write to its logger (or, without one, through `warnings`); both are gathered
+    into the yielded list. Its dynamic-defence check traces the model's forward with
+    sys.settrace and then clears the trace function, which would switch off a debugger or a
+    coverage tool: the caller's trace function is put back. The check's call counter lives in
+    the engine's module for the whole process, so it is reset first; otherwise one model's
+    result would be reported for every model after it.
+    """
+    from pyautoattack import checks
+
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(logging.WARNING)
+    level, propagate = logger.level, logger.propagate
+    trace = sys.gettrace()
+    for name in checks.funcs:
+        checks.funcs[name] = 0
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+    finally:
+        sys.settrace(trace)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for w in caught:
+            if "pyautoattack" in str(w.filename):
+                messages.append(str(w.message))
+            else:  # not the engine's: pass it on as it came
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 @outside_inference_mode
+def autoattack_run(
+    model01: Model01,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    engine: str | None = None,
+    n_classes: int,
+    batch_size: int = 500,
+    seed: int | None = 0,
+    input_noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Robust accuracy under AutoAttack, with the engine that ran it and the engine's checks.
+
+    engine: "original" (Croce & Hein's code, package pyautoattack) or "torchattacks" (the
+    port); None picks the original for the versions it has and the port for "paper" and
+    "full". Returns {"acc", "robust" (per example, bool, CPU), "engine", "version", "checks"};
+    "checks" holds the original's own warnings (randomised or dynamic model, probabilities
+    instead of logits, zero gradients, Square doing better than the gradient attacks), each
+    once, as text; the port has none.
+
+    Both engines reseed the global torch RNG inside their attacks; that is confined here, so
+    the caller's RNG stream is unchanged. `input_noise` (paper protocol) is drawn with
+    `generator`.
+    """
+    _check_xy(x, y)
+    if engine is None:
+        engine = "original" if version in AA_VERSIONS["original"] else "torchattacks"
+    if engine not in AA_ENGINES:
+        raise ValueError(f"engine must be 'original' or 'torchattacks', got {engine!r}")
+    device = _device_of(model01, x.device)
+    module = _as_module(model01, device)
+    if engine == "original":
+        atk = make_original_autoattack(
+            module, eps=eps, norm=norm, version=version, n_classes=n_classes, seed=seed,
+            device=device,
+        )
+    else:
+        atk = make_autoattack(
+            module, eps=eps, norm=norm, version=version, n_classes=n_classes, seed=seed
+        )
+    devices = [device] if device.type == "cuda" else []
+    checks: list[str] = []
+    with torch.random.fork_rng(devices=devices), grad_mode():
+        # One pass over the data gives each image's (noisy) input and whether it is right
+        # clean; the original then runs once over all of them, as it is meant to be run (its
+        # checks look at the first batch, and its Square check compares whole-set numbers).
+        xs, ok = [], []
+        for sl in _batches(x.shape[0], batch_size, f"autoattack-{version}"):
+            xb, yb = _load_batch(x, y, sl, device, input_noise, generator)
+            with torch.no_grad():
+                logits = module(xb)
+            if logits.shape[1] != n_classes:
+                raise ValueError(f"model gives {logits.shape[1]} logits, n_classes={n_classes}")
+            ok.append(_hits(logits, yb).cpu())
+            if engine == "original":
+                xs.append(xb.cpu())
+            else:
+                adv = atk(xb, yb)
+                ok[-1] &= _correct(module, adv, yb).cpu()
+        if engine == "original":
+            x_all = torch.cat(xs)
+            y_all = y.long().cpu()
+            with _engine_messages(atk.logger) as messages:
+                adv_all, _ = atk.run_standard_evaluation(x_all, y_all, batch_size=batch_size)
+            checks = _collapse(messages)
+            for i, sl in enumerate(_batches(x.shape[0], batch_size, "autoattack check")):
+                adv = adv_all[sl].to(device)
+                ok[i] &= _correct(module, adv, y_all[sl].to(device)).cpu()
+    robust = torch.cat(ok)
+    return {
+        "acc": int(robust.sum()) / x.shape[0],
+        "robust": robust,
+        "engine": engine,
+        "version": version,
+        "checks": checks,
+    }
+
+
 def autoattack_accuracy(
     model01: Model01,
     x: torch.Tensor,
@@ -292,36 +556,21 @@ def autoattack_accuracy(
     eps: float,
     norm: str = "Linf",
     version: str = "standard",
+    engine: str | None = None,
     n_classes: int,
     batch_size: int = 500,
     seed: int | None = 0,
     input_noise: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> float:
-    """Robust accuracy under AutoAttack (see `make_autoattack` for the versions).
-
-    torchattacks reseeds the global torch RNG inside its attacks; that is confined here, so the
-    caller's RNG stream is unchanged. `input_noise` (paper protocol) is drawn with `generator`.
-    """
-    _check_xy(x, y)
-    device = _device_of(model01, x.device)
-    module = _as_module(model01, device)
-    atk = make_autoattack(
-        module, eps=eps, norm=norm, version=version, n_classes=n_classes, seed=seed
-    )
-    devices = [device] if device.type == "cuda" else []
-    robust = 0
-    with torch.random.fork_rng(devices=devices), grad_mode():
-        for sl in _batches(x.shape[0], batch_size, f"autoattack-{version}"):
-            xb, yb = _load_batch(x, y, sl, device, input_noise, generator)
-            with torch.no_grad():
-                logits = module(xb)
-            if logits.shape[1] != n_classes:
-                raise ValueError(f"model gives {logits.shape[1]} logits, n_classes={n_classes}")
-            ok = _hits(logits, yb)
-            adv = atk(xb, yb)
-            robust += int((ok & _correct(module, adv, yb)).sum())
-    return robust / x.shape[0]
+    """Robust accuracy under AutoAttack (`autoattack_run` without the checks): the original
+    engine for "standard", "plus" and "rand" unless `engine` says otherwise, the torchattacks
+    port for "paper" and "full" (see `make_autoattack`)."""
+    return autoattack_run(
+        model01, x, y, eps=eps, norm=norm, version=version, engine=engine,
+        n_classes=n_classes, batch_size=batch_size, seed=seed, input_noise=input_noise,
+        generator=generator,
+    )["acc"]
 
 
 # ---- protocols and the report ----------------------------------------------------------------
@@ -336,6 +585,7 @@ class Protocol:
     input_noise: float  # σ of per-image Gaussian noise, [0, 1] pixel units
     autoattack_version: str
     standard: bool
+    autoattack_engine: str = "original"  # the engine that runs autoattack_version by default
 
     def pixel_eps(self, eps_requested: float) -> float:
         return eps_requested * self.eps_scale
@@ -345,10 +595,19 @@ class Protocol:
         the same value at 20 steps."""
         return eps_pixel / 8 if self.name == "paper" else 2.5 * eps_pixel / max(steps, 1)
 
-    def note(self, eps_requested: float, norm: str) -> str:
-        """One sentence or two saying what the numbers mean (goes into the report)."""
+    def note(
+        self,
+        eps_requested: float,
+        norm: str,
+        aa_impl: str | None = None,
+        aa_version: str | None = None,
+    ) -> str:
+        """One sentence or two saying what the numbers mean (goes into the report); the
+        AutoAttack part names the engine and version that run (the protocol's own if None)."""
         e = self.pixel_eps(eps_requested)
-        aa = _AA_NOTES.get(self.autoattack_version, self.autoattack_version)
+        engine = aa_impl or self.autoattack_engine
+        version = aa_version or self.autoattack_version
+        aa = autoattack_note(engine, version)
         if self.name == "paper" or not self.standard:
             return (
                 f"{self.name.capitalize()} protocol (reproduces the official EB-JDAT/JEM "
@@ -367,20 +626,39 @@ class Protocol:
 
 
 _AA_NOTES = {
-    "standard": (
-        "torchattacks' 'standard' version, unmodified (APGD-CE, APGD-T, FAB-T, Square 5000; "
-        "torchattacks runs 10 iterations per gradient attack where the original AutoAttack "
-        "runs 100)"
+    ("original", "standard"): (
+        "the original AutoAttack (Croce & Hein's code, package pyautoattack), 'standard' "
+        "version, unmodified: APGD-CE, APGD-T, FAB-T with 100 iterations, Square 5000 queries"
     ),
-    "paper": (
+    ("original", "plus"): (
+        "the original AutoAttack (Croce & Hein's code, package pyautoattack), 'plus' version: "
+        "APGD-CE and APGD-DLR with 5 restarts, FAB, Square, APGD-T, FAB-T"
+    ),
+    ("original", "rand"): (
+        "the original AutoAttack (Croce & Hein's code, package pyautoattack), 'rand' version "
+        "for randomised models: APGD-CE and APGD-DLR averaging 20 gradients per step"
+    ),
+    ("torchattacks", "standard"): (
+        "torchattacks' port, 'standard' version, unmodified (APGD-CE, APGD-T, FAB-T, Square "
+        "5000; the port runs 10 iterations per gradient attack where the original AutoAttack "
+        "runs 100): a cross-check, weaker than the original"
+    ),
+    ("torchattacks", "plus"): "torchattacks' port, 'plus' version, unmodified",
+    ("torchattacks", "rand"): "torchattacks' port, 'rand' version, unmodified",
+    ("torchattacks", "paper"): (
         "the official reduced version (APGD-CE and APGD-DLR 20 steps, FAB-T 20 steps, "
         "Square 5000 queries)"
     ),
-    "full": (
-        "the original AutoAttack standard settings (APGD-CE, APGD-T, FAB-T with 100 "
-        "iterations, Square 5000)"
+    ("torchattacks", "full"): (
+        "torchattacks' attacks at the original AutoAttack's standard settings (APGD-CE, "
+        "APGD-T, FAB-T with 100 iterations, Square 5000)"
     ),
 }
+
+
+def autoattack_note(engine: str, version: str) -> str:
+    """What an (engine, version) pair runs, in a few words for the report."""
+    return _AA_NOTES.get((engine, version), f"{engine}, {version!r} version")
 
 
 def _fmt_eps(e: float) -> str:
@@ -391,7 +669,7 @@ def _fmt_eps(e: float) -> str:
 
 PROTOCOLS: dict[str, Protocol] = {
     "standard": Protocol("standard", 1.0, 0.0, "standard", True),
-    "paper": Protocol("paper", 0.5, PAPER_NOISE_INTERNAL / 2, "paper", False),
+    "paper": Protocol("paper", 0.5, PAPER_NOISE_INTERNAL / 2, "paper", False, "torchattacks"),
 }
 
 
@@ -420,32 +698,44 @@ def evaluate_robustness(
     batch_size: int = 500,
     seed: int | None = 0,
     sanity: bool = False,
+    aa_impl: str | None = None,
+    aa_version: str | None = None,
 ) -> dict[str, Any]:
     """Clean accuracy plus the named attacks ("pgdK" for any K, "autoattack"), as report keys.
 
     Keys: clean_acc, pgdK_acc / autoattack_acc (only for attacks run: a metric not run is
-    absent, never 0), eps (pixel eps actually applied), eps_requested, norm, protocol,
-    protocol_note, n_examples, input_noise, and the attack settings. With `sanity=True`,
-    `sanity` (numbers) and `sanity_warnings` (gradient-masking warnings) are added too.
+    absent, never 0), each with `<key>_ci95` (its 95% Wilson interval [low, high]), eps (pixel
+    eps actually applied), eps_requested, norm, protocol, protocol_note, n_examples,
+    input_noise, and the attack settings; with AutoAttack also autoattack_engine
+    ("original" or "torchattacks"), autoattack_version and autoattack_checks (the original
+    engine's own warnings, as text). `aa_impl` / `aa_version` choose the engine and version
+    (None: the protocol's own; see `resolve_autoattack`). With `sanity=True`, `sanity`
+    (numbers) and `sanity_warnings` (gradient-masking warnings) are added too.
     """
     _check_xy(x, y)
     proto = get_protocol(protocol)
     n = canonical_norm(norm)
     e = proto.pixel_eps(eps)
+    names = [str(a).lower() for a in attacks]
+    for key in names:
+        if not (_PGD_NAME.match(key) or key == "autoattack"):
+            raise ValueError(f"unknown attack {key!r}; use 'pgdK' (e.g. 'pgd20') or 'autoattack'")
+    engine, version = resolve_autoattack(proto, aa_impl, aa_version)
+    count = int(x.shape[0])
     report: dict[str, Any] = {
         "protocol": proto.name,
-        "protocol_note": proto.note(eps, n),
+        "protocol_note": proto.note(eps, n, engine, version),
         "eps": e,
         "eps_requested": eps,
         "norm": n,
-        "n_examples": int(x.shape[0]),
+        "n_examples": count,
         "input_noise": proto.input_noise,
     }
     report["clean_acc"] = clean_accuracy(
         model01, x, y, batch_size=batch_size, input_noise=proto.input_noise, generator=generator
     )
-    for name in attacks:
-        key = str(name).lower()
+    report["clean_acc_ci95"] = accuracy_ci95(report["clean_acc"], count)
+    for key in names:
         m = _PGD_NAME.match(key)
         if m:
             steps = int(m.group(1))
@@ -454,17 +744,20 @@ def evaluate_robustness(
                 model01, x, y, eps=e, norm=n, steps=steps, restarts=1, step_size=step,
                 batch_size=batch_size, generator=generator, input_noise=proto.input_noise,
             )
+            report[f"{key}_acc_ci95"] = accuracy_ci95(report[f"{key}_acc"], count)
             report[f"{key}_step_size"] = step
             report[f"{key}_restarts"] = 1
-        elif key == "autoattack":
-            report["autoattack_acc"] = autoattack_accuracy(
-                model01, x, y, eps=e, norm=n, version=proto.autoattack_version,
+        else:
+            result = autoattack_run(
+                model01, x, y, eps=e, norm=n, version=version, engine=engine,
                 n_classes=n_classes, batch_size=batch_size, seed=seed,
                 input_noise=proto.input_noise, generator=generator,
             )
-            report["autoattack_version"] = proto.autoattack_version
-        else:
-            raise ValueError(f"unknown attack {name!r}; use 'pgdK' (e.g. 'pgd20') or 'autoattack'")
+            report["autoattack_acc"] = result["acc"]
+            report["autoattack_acc_ci95"] = accuracy_ci95(result["acc"], count)
+            report["autoattack_version"] = version
+            report["autoattack_engine"] = engine
+            report["autoattack_checks"] = result["checks"]
     if sanity:
         details = sanity_report(
             model01, x, y, eps=e, norm=n, generator=generator, batch_size=batch_size
@@ -586,12 +879,17 @@ def sanity_report(
     return {
         "n_examples": count,
         "clean_acc": clean,
+        "clean_acc_ci95": accuracy_ci95(clean, count),
         "pgd_acc_by_eps": {f"{e:.6g}": a for e, a in by_eps.items()},
+        "pgd_acc_by_eps_ci95": {f"{e:.6g}": accuracy_ci95(a, count) for e, a in by_eps.items()},
         "reachable_eps": big,
         "reachable_eps_acc": big_acc,
+        "reachable_eps_acc_ci95": accuracy_ci95(big_acc, count),
         "strong_pgd_acc": strong,
+        "strong_pgd_acc_ci95": accuracy_ci95(strong, count),
         "strong_pgd": f"pgd{5 * steps}x3",
         "random_noise_acc": noise_acc,
+        "random_noise_acc_ci95": accuracy_ci95(noise_acc, count),
         "zero_grad_fraction": zero_frac,
         "warnings": warnings,
     }
