@@ -156,6 +156,20 @@ EVAL_CASES = [
     Case("eval-buffer-ratio-nan", (*EVAL, "--buffer-ratio", "nan"), "--buffer-ratio must be"),
     Case("eval-unknown-attack", (*EVAL, "--attacks", "fgsm"), "unknown attack 'fgsm'"),
     Case("eval-pgd-zero-steps", (*EVAL, "--attacks", "pgd0"), "--attacks pgd0: PGD needs"),
+    Case("eval-aa-impl-unknown", (*EVAL, "--aa-impl", "foolbox"),
+         "argument --aa-impl: invalid choice: 'foolbox'"),  # fmt: skip
+    Case("eval-aa-version-unknown", (*EVAL, "--aa-version", "paper"),
+         "argument --aa-version: invalid choice: 'paper'"),  # fmt: skip
+    Case("eval-aa-version-full-original", (*EVAL, "--aa-version", "full"),
+         "--aa-version full is not a version of the original AutoAttack"),  # fmt: skip
+    Case("eval-aa-version-full-original-explicit",
+         (*EVAL, "--aa-impl", "original", "--aa-version", "full"),
+         "--aa-version full is not a version of the original AutoAttack"),  # fmt: skip
+    Case("eval-aa-impl-original-paper", (*EVAL, "--protocol", "paper", "--aa-impl", "original"),
+         "--aa-impl original cannot run the paper protocol"),  # fmt: skip
+    Case("eval-aa-version-paper-protocol",
+         (*EVAL, "--protocol", "paper", "--aa-impl", "torchattacks", "--aa-version", "standard"),
+         "--aa-version standard cannot be chosen under the paper protocol"),  # fmt: skip
     Case("eval-unknown-flag", (*EVAL, "--epz", "0.1"), "unrecognized arguments: --epz"),
     Case("eval-bad-device", (*EVAL, "--device", "tpu"), "--device"),
     Case("eval-out-is-a-file", (*EVAL, "--out", "{run}/metrics.jsonl"),
@@ -399,6 +413,44 @@ def test_load_weights_names_the_first_mismatch_and_leaves_the_module_alone() -> 
     assert torch.equal(module.state_dict()["0.bias"], before["0.bias"] + 1)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "--aa-impl original (the default) needs pyautoattack, which is not installed (pip "
+             "install pyautoattack)"),
+        (("--aa-impl", "original"), "--aa-impl original needs pyautoattack"),
+        (("--aa-impl", "torchattacks"), "--attacks autoattack needs torchattacks"),
+    ],
+    ids=["default", "original", "torchattacks"],
+)  # fmt: skip
+def test_missing_autoattack_package_is_one_line_exit_2(
+    argv: tuple[str, ...],
+    message: str,
+    run_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As if neither engine were installed: the flag that chose the engine is named, with the
+    pip command. With autoattack left out of --attacks no package is needed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("pyautoattack", "torchattacks") else real(name, *a),
+    )
+    ckpt = str(run_dir / "checkpoints" / "last.pt")
+    base = [ckpt, *FAST, "--out", str(tmp_path / "out")]
+    check_misuse(
+        eval_cli.run, [*base, *argv], message, prog="ebjdat-eval", capsys=capsys,
+        watch=[run_dir, tmp_path],
+    )  # fmt: skip
+    settings = eval_cli.settings_from(eval_cli.parser().parse_args([*base, "--attacks", "pgd5"]))
+    assert settings.attacks == ("pgd5",) and settings.aa_impl is None
+
+
 # ---- the same checks from Python ------------------------------------------------------------
 
 
@@ -411,6 +463,12 @@ def test_load_weights_names_the_first_mismatch_and_leaves_the_module_alone() -> 
         ({"attacks": ("pgd0",)}, "attacks", "pgd0: PGD needs at least 1 step"),
         ({"buffer_ratio": float("nan")}, "buffer_ratio", "buffer_ratio must be"),
         ({"seed": -1}, "seed", "seed must be an integer in [0, "),
+        ({"aa_impl": "foolbox"}, "aa_impl", "aa_impl must be 'original' or 'torchattacks'"),
+        ({"aa_version": "full"}, "aa_version", "full is not a version of the original"),
+        ({"aa_version": "fast"}, "aa_version", "must be one of standard, plus, rand, full"),
+        ({"protocol": "paper", "aa_impl": "original"}, "aa_impl",
+         "cannot run the paper protocol"),  # fmt: skip
+        ({"protocol": "paper", "aa_version": "plus"}, "aa_version", "under the paper protocol"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

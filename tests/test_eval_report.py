@@ -76,6 +76,10 @@ def test_report_json_keys_and_types(standard: Path) -> None:
     for key in ("clean_acc", "pgd20_acc", "ood_auroc"):
         assert 0.0 <= report[key] <= 1.0
     assert report["pgd20_acc"] <= report["clean_acc"]
+    for key in ("clean_acc", "pgd20_acc"):  # each accuracy with its 95% Wilson interval
+        low, high = report[f"{key}_ci95"]
+        assert isinstance(low, float) and isinstance(high, float)
+        assert 0.0 <= low <= report[key] <= high <= 1.0, key
     assert report["n_examples"] == 32 and isinstance(report["n_examples"], int)
     assert report["protocol"] == "standard" and report["norm"] == "linf"
     assert report["eps"] == pytest.approx(0.1)  # the digits default, pixel units
@@ -85,7 +89,8 @@ def test_report_json_keys_and_types(standard: Path) -> None:
         isinstance(w, str) for w in report["warnings"]
     )
     # Not run, so absent (never 0): AutoAttack; Inception metrics are not used for digits.
-    for key in ("autoattack_acc", "fid", "inception_score", "kid"):
+    for key in ("autoattack_acc", "autoattack_acc_ci95", "autoattack_engine", "fid",
+                "inception_score", "kid"):  # fmt: skip
         assert key not in report
     ood = report["ood"]
     assert set(ood) >= {"inverted", "uniform_noise"}
@@ -104,6 +109,7 @@ def test_html_is_self_contained(standard: Path) -> None:
                    "fig-samples"):  # fmt: skip
         assert needle in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from outside
+    assert "95% Wilson interval" in page and page.count("<span class='ci'>") >= 4
 
 
 def _chromium() -> str | None:
@@ -134,6 +140,30 @@ def test_html_renders_in_headless_chromium(standard: Path, tmp_path: Path) -> No
         [browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
     )
     assert "Clean accuracy" in dom.stdout and "<img" in dom.stdout
+
+
+@pytest.mark.parametrize("engine", ["original", "torchattacks"])
+def test_autoattack_engine_in_the_report(ckpt: Path, tmp_path: Path, engine: str) -> None:
+    """The standard protocol runs the original AutoAttack unless --aa-impl says otherwise; the
+    report names the engine and gives the interval. A large eps breaks every example with the
+    first attack, which keeps the run short (the Square attack then has nothing to do)."""
+    pytest.importorskip("pyautoattack" if engine == "original" else "torchattacks")
+    flags = [] if engine == "original" else ["--aa-impl", engine]
+    code = eval_cli.run(
+        [str(ckpt), "--out", str(tmp_path), "--limit", "16", "--attacks", "pgd5", "autoattack",
+         "--eps", "0.5", "--no-generation", "--no-ood", "--no-sanity", *flags, *FAST]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["autoattack_engine"] == engine and report["autoattack_version"] == "standard"
+    assert report["autoattack_acc"] <= report["pgd5_acc"] <= report["clean_acc"]
+    low, high = report["autoattack_acc_ci95"]
+    assert 0.0 <= low <= report["autoattack_acc"] <= high <= 1.0
+    assert isinstance(report["autoattack_checks"], list)
+    keys = list(report)
+    assert keys.index("autoattack_acc_ci95") == keys.index("autoattack_acc") + 1
+    page = (tmp_path / "report.html").read_text()
+    assert "AutoAttack engine" in page and f">{engine}<" in page
 
 
 def test_paper_protocol_labels_itself(ckpt: Path, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from .checkpoints import (
     train_images,
 )
 from .fresh_samples import SamplerOverrides, sample_with, save_grid
+from .robustness import AA_PACKAGES, resolve_autoattack
 
 ATTACK = re.compile(r"^(pgd\d+|autoattack)$")
 # Each section seeds its own generator with seed * 1000 + offset (offsets 1..4).
@@ -64,9 +65,18 @@ class EvalSettings:
     data_root: str | Path | None = None  # None: the checkpoint's, $EBJDAT_DATA or ./data
     progress: bool = True  # progress bars
     out: str | Path | None = None  # None: RUN/eval next to the checkpoint
+    # AutoAttack engine and version; None: the protocol's own (standard: the original
+    # AutoAttack, "standard" version; paper: its torchattacks-built reduced version).
+    aa_impl: str | None = None  # "original" (pyautoattack) or "torchattacks"
+    aa_version: str | None = None  # "standard", "plus", "rand"; "full" with torchattacks
 
     def attack_names(self) -> list[str]:
         return [a.lower() for a in self.attacks]
+
+    def autoattack(self) -> tuple[str, str]:
+        """(engine, version) of AutoAttack under these settings; SettingsError naming aa_impl
+        or aa_version for a pair the protocol or the engine does not have."""
+        return resolve_autoattack(self.protocol, self.aa_impl, self.aa_version)
 
     def validate(self) -> EvalSettings:
         """SettingsError naming the field, before anything is loaded (a bad value fails here,
@@ -91,7 +101,15 @@ class EvalSettings:
         zero = [a for a in attacks if a.startswith("pgd") and int(a[3:]) < 1]
         if zero:
             raise SettingsError("attacks", f"{zero[0]}: PGD needs at least 1 step (e.g. pgd20)")
-        if "autoattack" in attacks and importlib.util.find_spec("torchattacks") is None:
+        engine, _ = self.autoattack()
+        if "autoattack" in attacks and importlib.util.find_spec(AA_PACKAGES[engine]) is None:
+            if engine == "original":
+                raise SettingsError(
+                    "aa_impl",
+                    "original: autoattack needs pyautoattack, which is not installed (pip "
+                    "install pyautoattack); or use aa_impl='torchattacks', or leave autoattack "
+                    "out: attacks=('pgd20',)",
+                )
             raise SettingsError(
                 "attacks",
                 "autoattack needs torchattacks, which is not installed (pip install "
@@ -150,7 +168,7 @@ class Evaluation:
         so that a missing file fails here, before the output directory is touched."""
         from ebjdat.data import dataset_info, load_split_tensors, to_float01
 
-        from .robustness import default_eps
+        from .robustness import autoattack_min_classes, default_eps
 
         s = settings.validate()
         self.checkpoint = checkpoint
@@ -164,7 +182,8 @@ class Evaluation:
         self.root = data_root(self.cfg, s.data_root)
         size = image_size(self.cfg)
         self.info = dataset_info(self.dataset, self.root, image_size=size)
-        need = 3 if s.protocol == "paper" else 4
+        _, aa_version = s.autoattack()
+        need = autoattack_min_classes(aa_version)
         if "autoattack" in self.attacks and self.info.num_classes < need:
             raise SettingsError(
                 "attacks",
@@ -272,6 +291,12 @@ class Evaluation:
             batch_size=self.settings.batch_size,
             seed=self.settings.seed,
             sanity=self.settings.sanity and bool(self.attacks),
+            aa_impl=self.settings.aa_impl,
+            aa_version=self.settings.aa_version,
+        )
+        self.report["warnings"].extend(
+            f"AutoAttack's own check ({result['autoattack_engine']} engine): {message}"
+            for message in result.get("autoattack_checks", [])
         )
         self.report["warnings"].extend(result.pop("sanity_warnings", []))
         if "sanity" in result:

@@ -28,6 +28,8 @@ _SECTIONS: list[tuple[str, list[Row]]] = [
             ("clean_acc", "Clean accuracy", "pct", "test split"),
             ("pgd20_acc", "PGD-20 accuracy", "pct", "correct clean and under PGD-20"),
             ("autoattack_acc", "AutoAttack accuracy", "pct", "correct clean and under AutoAttack"),
+            ("autoattack_engine", "AutoAttack engine", "str",
+             "original: Croce & Hein's code (pyautoattack); torchattacks: the port"),
             ("autoattack_version", "AutoAttack version", "str", ""),
             ("eps", "ε (applied)", "eps", "[0, 1] pixel units"),
             ("eps_requested", "ε (requested)", "eps", "as given on the command line"),
@@ -118,7 +120,8 @@ _CARDS = [
 # The report.json order: what people look for first, then the rest as produced.
 _FIRST = [
     "checkpoint", "dataset", "preset", "epoch", "protocol", "protocol_note", "n_examples",
-    "eps", "eps_requested", "norm", "clean_acc", "pgd20_acc", "autoattack_acc", "fid",
+    "eps", "eps_requested", "norm", "clean_acc", "pgd20_acc", "autoattack_acc",
+    "autoattack_engine", "fid",
     "inception_score", "kid", "fid_digits", "buffer_fid", "buffer_fid_digits", "ece",
     "ood_auroc", "energy_gap_clean_adv", "energy_gap_clean_gen", "warnings", "notes",
 ]  # fmt: skip
@@ -132,6 +135,7 @@ _FIGURE_TITLES = {
     "reliability": "Reliability diagram",
 }
 _PGD = re.compile(r"^pgd(\d+)_acc$")
+_CI = "_ci95"  # suffix of a metric's 95% interval [low, high]
 
 _CSS = """
 *{box-sizing:border-box}
@@ -160,6 +164,7 @@ th,td{padding:6px 12px;border-bottom:1px solid #e4e7eb;text-align:left;font-size
 th{background:#eef1f4;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums;font-weight:600;white-space:nowrap}
 td.note{color:#616e7c;font-size:12.5px}
+.ci{font-weight:400;color:#52606d;font-size:12.5px}
 tr.group td{background:#f5f7fa;font-weight:700;color:#323f4b}
 .figs{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 figure{background:#fff;margin:0;padding:12px;border-radius:8px;flex:1 1 420px;
@@ -196,10 +201,40 @@ def _plain(value: Any) -> Any:
 
 
 def _ordered(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Headline keys first, the bulky ones last; each `<key>_ci95` right after its key."""
     first = [k for k in _FIRST if k in report]
     last = [k for k in _LAST if k in report]
     middle = [k for k in report if k not in first and k not in last]
-    return {k: report[k] for k in first + middle + last}
+    keys: list[str] = []
+    for k in first + middle + last:
+        if k.endswith(_CI) and k[: -len(_CI)] in report:
+            continue  # placed with its metric
+        keys.append(k)
+        if f"{k}{_CI}" in report:
+            keys.append(f"{k}{_CI}")
+    return {k: report[k] for k in keys}
+
+
+def _ci(report: Mapping[str, Any], key: str) -> tuple[float, float] | None:
+    """The metric's 95% interval when the report holds a usable one."""
+    ci = report.get(f"{key}{_CI}")
+    if (
+        isinstance(ci, (list, tuple))
+        and len(ci) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ci)
+    ):
+        return float(ci[0]), float(ci[1])
+    return None
+
+
+def _fmt_ci(report: Mapping[str, Any], key: str, kind: str) -> str:
+    """' [low, high]' after a value (percent points for a percentage), or ''."""
+    ci = _ci(report, key)
+    if ci is None:
+        return ""
+    low, high = (100 * v for v in ci) if kind == "pct" else ci
+    unit = "%" if kind == "pct" else ""
+    return f"<span class='ci'> [{low:.1f}, {high:.1f}]{unit}</span>"
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -252,11 +287,17 @@ def _protocol_box(report: Mapping[str, Any]) -> str:
 def _cards(report: Mapping[str, Any]) -> str:
     cards = [
         f"<div class='card'><div class='k'>{html.escape(label)}</div>"
-        f"<div class='v'>{_fmt(report[key], kind)}</div></div>"
+        f"<div class='v'>{_fmt(report[key], kind)}</div>"
+        f"{_card_ci(report, key, kind)}</div>"
         for key, label, kind in _CARDS
         if isinstance(report.get(key), (int, float))
     ]
     return f"<div class='cards' id='headline'>{''.join(cards)}</div>" if cards else ""
+
+
+def _card_ci(report: Mapping[str, Any], key: str, kind: str) -> str:
+    text = _fmt_ci(report, key, kind)
+    return f"<div class='k ci'>95% CI{text}</div>" if text else ""
 
 
 def _sections(report: Mapping[str, Any]) -> list[tuple[str, list[Row]]]:
@@ -271,7 +312,10 @@ def _sections(report: Mapping[str, Any]) -> list[tuple[str, list[Row]]]:
 
 
 def _table(report: Mapping[str, Any]) -> str:
-    rows = ["<table id='metrics'><tr><th>Metric</th><th>Value</th><th>Note</th></tr>"]
+    rows = [
+        "<table id='metrics'><tr><th>Metric</th><th>Value [95% Wilson interval]</th>"
+        "<th>Note</th></tr>"
+    ]
     shown: set[str] = set()
     for title, items in _sections(report):
         present = [it for it in items if it[0] in report]
@@ -282,7 +326,7 @@ def _table(report: Mapping[str, Any]) -> str:
             shown.add(key)
             rows.append(
                 f"<tr><td>{html.escape(label)} <code>{html.escape(key)}</code></td>"
-                f"<td class='num'>{_fmt(report[key], kind)}</td>"
+                f"<td class='num'>{_fmt(report[key], kind)}{_fmt_ci(report, key, kind)}</td>"
                 f"<td class='note'>{html.escape(note)}</td></tr>"
             )
     skip = {"protocol", "protocol_note", "checkpoint", "dataset", "preset", "created"}
