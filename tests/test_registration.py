@@ -177,3 +177,18 @@ def test_info_reports_every_op(capsys: pytest.CaptureFixture[str]) -> None:
     data = info.collect()
     assert set(data["backend"]) == {"cpu", "cuda"}
     assert data["extension_loaded"] == (_native.load()[0] is not None)
+
+
+def test_density_check_agrees_with_torch() -> None:
+    """The layout rule the ops and the compiled graphs use, on views of every kind."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as torch_rule
+
+    from ebjdat.ops._layout import is_non_overlapping_and_dense
+
+    base = torch.randn(2, 3, 4, 5)
+    views = [base, base.permute(0, 2, 3, 1), base.contiguous(memory_format=torch.channels_last),
+             base[:, ::2], base[..., :3], base.transpose(1, 3), base[:1], base[:, 1:2],
+             torch.randn(5, 1, 3).expand(5, 4, 3), torch.randn(6)[1:5], torch.randn(0, 3),
+             torch.randn(3, 1).expand(3, 0), torch.randn(2, 1, 4).transpose(0, 1)]  # fmt: skip
+    for view in views:
+        assert is_non_overlapping_and_dense(view) == torch_rule(view), (view.shape, view.stride())

@@ -4,9 +4,20 @@ mirror csrc/common.h so that every backend returns the same strides."""
 from __future__ import annotations
 
 import torch
-from torch._prims_common import (
-    is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense,
-)
+
+
+def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill one block of memory, each once, in some dimension order. Plain
+    integer arithmetic, so that torch.compile traces it on every supported torch (the private
+    helper in torch._prims_common does not trace on 2.11)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def in_layout_of(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
