@@ -139,6 +139,7 @@ def test_official_state_dict_names_map() -> None:
     official = {"f." + k: v for k, v in model.backbone.state_dict().items()}
     official.update({"class_output." + k: v for k, v in model.class_output.state_dict().items()})
     official["energy_output.weight"] = torch.zeros(1, 128)
+    official["energy_output.bias"] = torch.zeros(1)
     model.load_state_dict(JEM.convert_official_state_dict(official))
 
 

@@ -138,19 +138,19 @@ class JEM(EnergyModel):
         return cls(WideResNet(**cfg), num_classes=cfg.get("num_classes"))
 
     @staticmethod
-    def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def convert_official_state_dict(
+        state: Mapping[str, torch.Tensor], fmt: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """Map an official JEM/JEM++/SADA-JEM `CCF` state dict onto this module's names.
 
-        `f.*` -> `backbone.*`; the unused `energy_output` head is dropped.
+        `fmt` is "jem", "jempp" or "sadajem" (None: told from the keys). `f.*` -> `backbone.*`;
+        JEM++'s yopo aliases (checked identical), `energy_output` and JEM's unused `f.linear`
+        are dropped; anything else unknown is a one-line error (ebjdat.models.official).
         """
-        out: dict[str, torch.Tensor] = {}
-        for key, value in state.items():
-            if key.startswith("energy_output."):
-                continue
-            if key.startswith("f."):
-                key = "backbone." + key[2:]
-            out[key] = value
-        return out
+        from .official import convert_state_dict, detect_format
+
+        weights, _ = convert_state_dict(state, fmt or detect_format(state))
+        return weights
 
 
 def parse_arch(arch: str) -> tuple[int, int]:
