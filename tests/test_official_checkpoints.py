@@ -1,4 +1,4 @@
-"""Official JEM / JEM++ / SADA-JEM checkpoints (ebjdat.models.official).
+"""Official JEM / JEM++ / SADA-JEM checkpoints (ebjdat.models.official, ebjdat-import-official).
 
 The "official" state dicts here are not built from ebjdat's modules: their key lists and shapes
 are written out below as data, transcribed from the official classes' registration order (what
@@ -9,14 +9,19 @@ WideResNet.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import ebjdat
 from ebjdat.checkpoint import CheckpointError
+from ebjdat.cli import import_official as cli
 from ebjdat.models import JEM
 from ebjdat.models.official import (
     convert_state_dict,
@@ -518,3 +523,116 @@ def test_pickled_objects_are_refused_in_one_line(tmp_path: Path) -> None:
         load_official(path, "jempp")
     text = one_line_error(excinfo)
     assert "pickled Python object" in text and "never unpickles" in text
+
+
+# ---- ebjdat-import-official ------------------------------------------------------------------
+
+
+def test_import_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "jempp.pt"
+    sd = save_official(src, "jempp")
+    out = tmp_path / "imported.pt"
+    assert (
+        cli.run([str(src), "--format", "jempp", "--out", str(out), "--dataset", "synthetic"]) == 0
+    )
+    assert f"ebjdat-eval {out}" in capsys.readouterr().out
+    state = torch.load(out, weights_only=True)
+    assert state["config"]["model"]["arch"] == "wrn-10-1"
+    assert state["imported_from"]["format"] == "jempp"
+    assert state["ranks"][0]["buffer"]["buffer"].shape == (20, 3, 32, 32)
+    # load_classifier(OUT) gives the converted model's logits.
+    classifier = ebjdat.load_classifier(out).double()
+    x = images(32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            classifier(x), model_from_official(sd, "jempp").double()(x), rtol=0, atol=0
+        )
+        torch.testing.assert_close(classifier(x), reference_logits(sd, x), rtol=1e-10, atol=1e-10)
+    # ebjdat-eval evaluates it (standard protocol, a short look).
+    from ebjdat.cli import eval as eval_cli
+
+    report_dir = tmp_path / "eval"
+    argv = [str(out), "--out", str(report_dir), "--limit", "8", "--attacks", "pgd2"]
+    argv += ["--no-sanity", "--no-generation", "--no-ood", "--device", "cpu", "--no-progress"]
+    assert eval_cli.run(argv) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["protocol"] == "standard" and report["dataset"] == "synthetic"
+    assert report["preset"] == "imported-jempp"
+
+
+def exit_code(argv: list[str]) -> int | str | None:
+    """The command's exit status, whether it returns it or argparse exits with it."""
+    try:
+        return cli.run(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--format", "jem"], "unknown keys"),  # a JEM++ file named as JEM
+        (["--format", "jempp", "--dataset", "cifar100"], "--dataset cifar100 has 100 classes"),
+        (["--format", "jempp", "--dataset", "digits"], "--dataset digits"),
+        (["--format", "nope"], "invalid choice"),
+        (["--format", "jempp", "--out", "EXISTING"], "exists; pass --overwrite"),
+    ],
+)
+def test_import_command_bad_input_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    src = tmp_path / "jempp.pt"
+    save_official(src, "jempp")
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(b"keep")
+    argv = [str(existing) if a == "EXISTING" else a for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out.pt")]
+    assert exit_code([str(src), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ebjdat-import-official: error:")
+    assert needle in err
+    assert not (tmp_path / "out.pt").exists() and existing.read_bytes() == b"keep"
+
+
+def test_import_command_refuses_a_missing_or_pickled_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.pt"
+    assert cli.run([str(tmp_path / "nope.pt"), "--format", "jem", "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    src = tmp_path / "pickled.pt"
+    save_official(src, "jem", margin=torch.nn.Linear(2, 2))
+    assert cli.run([str(src), "--format", "jem", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "never unpickles" in err and "weights_only" not in err and not out.exists()
+
+
+def test_import_command_help_runs_as_a_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ebjdat.cli.import_official", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--format {jem,jempp,sadajem}" in done.stdout and "ebjdat-eval" in done.stdout
+
+
+def test_import_command_sadajem_64px_defaults_to_imagefolder(tmp_path: Path) -> None:
+    src = tmp_path / "sadajem.pt"
+    sd = save_official(src, "sadajem")
+    out = tmp_path / "imported.pt"
+    assert cli.run([str(src), "--format", "sadajem", "--out", str(out), "--no-buffer"]) == 0
+    state = torch.load(out, weights_only=True)
+    assert state["config"]["data"]["dataset"] == "imagefolder"
+    assert state["config"]["data"]["image_size"] == 64 and "ranks" not in state
+    assert state["model_config"]["extra_stage"] is True
+    x = images(64, n=2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ebjdat.load_classifier(out).double()(x), reference_logits(sd, x), rtol=1e-10, atol=1e-10
+        )
+    # A 32-px dataset cannot hold a model made for 64-px images.
+    code = exit_code([str(src), "--format", "sadajem", "--out", str(out), "--overwrite",
+                      "--dataset", "cifar10"])  # fmt: skip
+    assert code == 2

@@ -173,6 +173,14 @@ def _drop_unused_heads(state: dict[str, Tensor], fmt: str, feature_dim: int) -> 
     return out
 
 
+def _hint(unknown: list[str], fmt: str) -> str:
+    """Which other format registers these keys, when one does: the likely mix-up."""
+    other = detect_format(dict.fromkeys(unknown))
+    if other != fmt and (other != "jempp" or any(_canonical(k) for k in unknown)):
+        return f" (they are {FORMAT_NAMES[other]}'s: is it a {other} checkpoint?)"
+    return ""
+
+
 def detect_format(state: Mapping[str, Any]) -> str:
     """The format whose class registers `state`'s distinctive keys: yopo aliases -> jempp,
     a backbone `linear` head -> jem, a 4th stage -> sadajem; else jempp (JEM++'s plain `wrn`
@@ -218,6 +226,7 @@ def convert_state_dict(
     if unknown:
         raise _error(
             f"unknown keys for a {FORMAT_NAMES[fmt]} {cfg_name(cfg)} state dict: {_names(unknown)}"
+            f"{_hint(unknown, fmt)}"
         )
     tensors = _drop_unused_heads(tensors, fmt, model.backbone.feature_dim)
     missing = [k for k in expected if k not in tensors]
