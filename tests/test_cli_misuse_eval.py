@@ -150,7 +150,10 @@ EVAL_CASES = [
     Case("eval-seed-not-int", (*EVAL, "--seed", "1.5"), "argument --seed: invalid int value"),
     Case("eval-batch-size-zero", (*EVAL, "--batch-size", "0"), "--batch-size must be >= 1"),
     Case("eval-limit-zero", (*EVAL, "--limit", "0"), "--limit must be >= 1, got 0"),
-    Case("eval-gen-n-one", (*EVAL, "--gen-n", "1"), "--gen-n must be >= 2, got 1"),
+    Case("eval-gen-n-one", (*EVAL, "--gen-n", "1"),
+         "--gen-n must be an integer in [2, 50000], got 1"),  # fmt: skip
+    Case("eval-gen-n-too-many", (*EVAL, "--gen-n", "50001"),
+         "--gen-n must be an integer in [2, 50000], got 50001"),  # fmt: skip
     Case("eval-buffer-ratio-zero", (*EVAL, "--buffer-ratio", "0"),
          "--buffer-ratio must be a finite number in (0, 1], got 0"),  # fmt: skip
     Case("eval-buffer-ratio-nan", (*EVAL, "--buffer-ratio", "nan"), "--buffer-ratio must be"),

@@ -239,3 +239,110 @@ def test_energy_gaps_and_histogram(tmp_path: Path) -> None:
     assert "energy_gap_clean_gen" not in energy_gaps({"clean": e["clean"], "adv": e["adv"]})
     path = energy_histogram(tmp_path / "energy.png", e, title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+# ---- the Inception path, with a stand-in extractor -------------------------------------------
+
+
+class _LookupExtractor(nn.Module):
+    """Stands in for torch-fidelity's InceptionV3 at the seam the evaluation uses (`extractor`):
+    uint8 [N, 3, H, W] in, (features, logits) out. Each image carries its row number in its
+    first two pixels, and the features and logits are looked up in fixed tables, so the test
+    knows exactly which features the metrics were computed from."""
+
+    def __init__(self, features: torch.Tensor, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("features", features.double())
+        self.register_buffer("logits", logits.double())
+        self.dummy = nn.Parameter(torch.zeros(()))  # inception_features asks for its device
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        idx = x[:, 0, 0, 0].long() * 256 + x[:, 0, 0, 1].long()
+        return self.features[idx], self.logits[idx]
+
+
+def _indexed_images(rows: range) -> torch.Tensor:
+    """[0, 1] images whose first two pixels spell each row number in base 256."""
+    x = torch.zeros(len(rows), 3, 4, 4)
+    idx = torch.tensor(list(rows))
+    x[:, 0, 0, 0] = (idx // 256).float() / 255
+    x[:, 0, 0, 1] = (idx % 256).float() / 255
+    return x
+
+
+def test_inception_path_with_a_stand_in_extractor() -> None:
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(0)
+    d, k, n = 6, 5, 400
+    a = rng.normal(size=(d, d))
+    cov1, cov2 = np.eye(d), a @ a.T / d + 0.5 * np.eye(d)
+    mu1, mu2 = np.zeros(d), rng.normal(size=d)
+    f1 = rng.multivariate_normal(mu1, cov1, size=n)
+    f2 = rng.multivariate_normal(mu2, cov2, size=n)
+    logits = rng.normal(size=(2 * n, k)) * 3
+    net = _LookupExtractor(torch.from_numpy(np.vstack([f1, f2])), torch.from_numpy(logits))
+    x1, x2 = _indexed_images(range(n)), _indexed_images(range(n, 2 * n))
+
+    def fid(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> float:
+        return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * np.real(sqrtm(s1 @ s2))))
+
+    same = G.inception_metrics(x1, x1, extractor=net, progress=False)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6)
+    got = G.inception_metrics(x1, x2, extractor=net, progress=False)
+    # The sample moments' Fréchet distance in float64, the textbook way...
+    sample = fid(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    assert got["fid"] == pytest.approx(sample, rel=1e-6)
+    # ... and the two Gaussians' closed form, which n = 400 samples estimate within a margin.
+    assert got["fid"] == pytest.approx(fid(mu1, cov1, mu2, cov2), rel=0.25)
+    # IS = exp(E KL(p(y|x) || p(y))) over torch-fidelity's 10 shuffled splits, in numpy.
+    z = logits[:n][np.random.RandomState(2020).permutation(n)]
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    scores = []
+    for i in range(10):
+        c = p[i * n // 10 : (i + 1) * n // 10]
+        scores.append(np.exp((c * (np.log(c) - np.log(c.mean(0)))).sum(1).mean()))
+    assert got["inception_score"] == pytest.approx(np.mean(scores), rel=1e-9)
+    # KID with one subset of the full sets: the unbiased MMD² of the cubic polynomial kernel.
+    kernel = lambda u, v: (u @ v.T / d + 1) ** 3  # noqa: E731
+    kxx, kyy, kxy = kernel(f1, f1), kernel(f2, f2), kernel(f1, f2)
+    mmd = (
+        (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
+    pool1, logit1 = G.inception_features(net, x1, progress=False)
+    pool2, _ = G.inception_features(net, x2, progress=False)
+    torch.testing.assert_close(pool1, torch.from_numpy(f1))
+    assert G.inception_metrics_from_features(pool1, logit1, pool2)["kid"] == pytest.approx(
+        mmd, rel=1e-6
+    )
+
+
+def test_sample_count_warning_threshold() -> None:
+    assert "fewer than 10,000" in (G.sample_count_warning(9_999, "FID") or "")
+    assert G.sample_count_warning(10_000, "FID") is None
+    assert G.sample_count_warning(50_000, "FID") is None
+
+
+def test_draw_samples_reports_its_starts() -> None:
+    """on_start sees exactly what 0 SGLD steps return: the init-only baseline's images."""
+    from ebjdat.models.jem import build_model
+    from ebjdat.sampling import SGLDConfig
+
+    torch.manual_seed(0)
+    model = build_model("wrn-10-1", num_classes=3, in_channels=1, image_size=8, norm="batch")
+    model.eval()
+    starts: list[torch.Tensor] = []
+    kw = dict(start="noise", shape=(1, 8, 8), batch_size=4, progress=False)
+    zero = G.draw_samples(
+        model, 6, SGLDConfig(steps=0), generator=torch.Generator().manual_seed(1), **kw
+    )
+    G.draw_samples(
+        model, 6, SGLDConfig(steps=2, step_size=1.0, noise_std=0.01),
+        generator=torch.Generator().manual_seed(1), on_start=starts.append, **kw,
+    )  # fmt: skip
+    assert [len(b) for b in starts] == [4, 2]
+    torch.testing.assert_close(torch.cat(starts)[:4], zero[:4])

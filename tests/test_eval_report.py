@@ -102,6 +102,38 @@ def test_report_json_keys_and_types(standard: Path) -> None:
         assert (standard / name).stat().st_size > 0, name
 
 
+def test_generation_baselines_and_sample_count_warning(ckpt: Path, standard: Path) -> None:
+    """fid_digits stands beside its init-only baseline (recomputed here from the same starts),
+    the real floor (as many held-out digits as samples) and the uniform-noise chains."""
+    from PIL import Image
+
+    from ebjdat.data import load_split_tensors
+    from ebjdat.eval.generation import fid_digits
+    from ebjdat.models.jem import JEM
+    from ebjdat.sampling import fit_class_gaussians
+
+    report = json.loads((standard / "report.json").read_text())
+    for key in ("fid_digits_init", "fid_digits_real", "fid_digits_uniform",
+                "fid_digits_uniform_init"):  # fmt: skip
+        assert isinstance(report[key], float), key
+    train, ytrain = load_split_tensors("digits", "train")
+    test, _ = load_split_tensors("digits", "test")
+    assert report["fid_digits_real"] == pytest.approx(fid_digits(test[:32], train), rel=1e-9)
+    # The preset starts from the class Gaussians; one batch, generator seed 0 * 1000 + 3.
+    gauss = fit_class_gaussians(train, ytrain.long(), 10)
+    z0 = gauss.sample(32, classes=torch.arange(32) % 10, generator=torch.Generator().manual_seed(3))
+    starts = JEM.from_internal(z0.float()).clamp(0, 1)
+    assert report["fid_digits_init"] == pytest.approx(fid_digits(starts, train), rel=1e-6)
+    uniform = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    assert report["fid_digits_uniform_init"] == pytest.approx(fid_digits(uniform, train), rel=1e-6)
+    assert any("fewer than 10,000" in w for w in report["warnings"])
+    assert list(report).index("fid_digits_init") == list(report).index("fid_digits") + 1
+    page = (standard / "report.html").read_text()
+    assert "id='generation'" in page and "init-only column" in page and "fewer than 10,000" in page
+    for name in ("samples.png", "uniform_samples.png", "buffer_samples.png"):
+        assert Image.open(standard / name).size[0] >= 400, name
+
+
 def test_html_is_self_contained(standard: Path) -> None:
     page = (standard / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") >= 3
@@ -196,7 +228,10 @@ def test_sample_cli_writes_grid_json_npz(ckpt: Path, tmp_path: Path) -> None:
     meta = json.loads((out / "samples.json").read_text())
     assert meta["n"] == 12 and meta["start"] == "class" and meta["steps"] == 2
     assert meta["grad_clip"] is None and meta["step_size"] == 4.0  # the preset's sgld.step_size
-    assert meta["grid_layout"] == "one class per column"
+    assert meta["grid_layout"] == "one class per row" and meta["grid_columns"] == 2
+    from PIL import Image
+
+    assert Image.open(out / "samples.png").size[0] >= 400
     with np.load(out / "samples.npz") as data:
         assert data["samples"].shape == (12, 1, 8, 8)
         assert 0 <= data["samples"].min() and data["samples"].max() <= 1

@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "outputs: OUT/samples.png (class starts: one class per column), OUT/samples.json "
+            "outputs: OUT/samples.png (class starts: one class per row), OUT/samples.json "
             "(every setting, for the record), OUT/samples.npz with --npz (samples in [0, 1], "
             "start labels, predicted labels, energies)"
         ),

@@ -35,11 +35,12 @@ from .checkpoints import (
     train_images,
 )
 from .fresh_samples import SamplerOverrides, sample_with, save_grid
+from .generation import MAX_GEN_SAMPLES
 from .robustness import AA_PACKAGES, resolve_autoattack
 
 ATTACK = re.compile(r"^(pgd\d+|autoattack)$")
-# Each section seeds its own generator with seed * 1000 + offset (offsets 1..4).
-_SEED_STRIDE, _SEED_OFFSETS = 1000, 4
+# Each section seeds its own generator with seed * 1000 + offset (offsets 1..5).
+_SEED_STRIDE, _SEED_OFFSETS = 1000, 5
 MAX_SEED = (MAX_TORCH_SEED - _SEED_OFFSETS) // _SEED_STRIDE
 
 
@@ -57,7 +58,8 @@ class EvalSettings:
     sanity: bool = True  # the gradient-masking sanity checks (several extra PGD runs)
     generation: bool = True  # fresh SGLD samples and the generation metrics
     ood: bool = True  # OOD detection
-    gen_n: int = 1000  # fresh samples for the generation metrics
+    gen_n: int = 1000  # fresh samples for the generation metrics, at most 50,000
+    gen_uniform: bool = True  # also chains from uniform noise, the hard case
     gen_sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
     buffer_ratio: float = 0.9  # the official buffer-FID selection: top R per predicted class
     seed: int = 0  # attacks, OOD sets and sampling
@@ -119,7 +121,7 @@ class EvalSettings:
         eps_max = 1.0 if self.norm == "linf" else None
         check_setting("eps", self.eps, low=0.0, low_open=True, high=eps_max)
         check_setting("limit", self.limit, low=1)
-        check_setting("gen_n", self.gen_n, low=2)
+        check_setting("gen_n", self.gen_n, low=2, high=MAX_GEN_SAMPLES)
         self.gen_sampler.validate("gen_sampler.")
         check_setting("buffer_ratio", self.buffer_ratio, low=0.0, low_open=True, high=1.0)
         check_setting("seed", self.seed, low=0, high=MAX_SEED)
@@ -370,6 +372,10 @@ class Evaluation:
             self.report["ood_auroc"] = sum(r["log_px"] for r in result.values()) / len(result)
 
     def generation(self) -> None:
+        """Fresh samples and, beside them, what they must be judged against: their own starts
+        (0 SGLD steps), chains from uniform noise (the hard case) and held-out real images."""
+        from dataclasses import replace
+
         from ebjdat.sampling import fit_class_gaussians
 
         from .generation import grid_rows
@@ -381,10 +387,12 @@ class Evaluation:
         if settings.start == "class":
             gaussians = fit_class_gaussians(*self.train_split(), k)
         shape = None if gaussians is not None else image_shape(self.state, self.cfg, self.root)
+        starts: list[torch.Tensor] = []
         start = time.perf_counter()
         x_gen, labels = sample_with(
             self.model, s.gen_n, settings, gaussians=gaussians, shape=shape,
-            generator=self.generator(3), batch_size=s.batch_size, progress=self.progress,
+            generator=self.generator(3),
+            batch_size=s.batch_size, progress=self.progress, on_start=self._keeper(starts),
         )
         self.report["settings"]["generation"] = {
             **settings.record(),
@@ -400,25 +408,74 @@ class Evaluation:
                 f"{bad} of {len(x_gen)} fresh samples are not finite (drawn black in the grid)"
             )
         shown = torch.nan_to_num(x_gen[: min(len(x_gen), 100)], nan=0.0)
-        nrow = k if labels is not None and k <= 20 else grid_rows(len(shown))
-        self.figures["samples"] = save_grid(shown, self.out / "samples.png", nrow)
+        shown_labels = None if labels is None else labels[: len(shown)]
+        self.figures["samples"], _ = save_grid(
+            shown, self.out / "samples.png", grid_rows(len(shown)), labels=shown_labels,
+            num_classes=k, class_names=self.info.classes,
+        )
         self.energies["generated"] = self.energy_of(x_gen, "energies (generated)")
-        self._generation_metrics(x_gen, bad)
+        sets: dict[str, tuple[torch.Tensor, int]] = {
+            "": (x_gen, bad),
+            "_init": (self._cat(starts), 0),
+        }
+        if s.gen_uniform and settings.start != "noise":
+            uniform = replace(settings, start="noise")
+            starts_u: list[torch.Tensor] = []
+            x_uni, _ = sample_with(
+                self.model, s.gen_n, uniform, gaussians=None,
+                shape=shape or image_shape(self.state, self.cfg, self.root),
+                generator=self.generator(5), batch_size=s.batch_size, progress=self.progress,
+                on_start=self._keeper(starts_u),
+            )
+            bad_u = int((~torch.isfinite(x_uni.flatten(1)).all(dim=1)).sum())
+            sets["_uniform"] = (x_uni, bad_u)
+            sets["_uniform_init"] = (self._cat(starts_u), 0)
+            self.figures["uniform_samples"], _ = save_grid(
+                torch.nan_to_num(x_uni[:100], nan=0.0), self.out / "uniform_samples.png",
+                grid_rows(min(len(x_uni), 100)),
+            )
+        elif s.gen_uniform:
+            sets["_uniform"], sets["_uniform_init"] = sets[""], sets["_init"]
+        self._generation_metrics(sets)
 
-    def _generation_metrics(self, x_gen: torch.Tensor, bad: int) -> None:
-        """The sample metrics; those of non-finite samples are noted as not computable, while
-        the ones that do not depend on the model (the real test split's distance) still run."""
+    def _keeper(self, into: list[torch.Tensor]) -> Callable[[torch.Tensor], None]:
+        """Collects start batches: as floats on digits (64 values an image), else as the uint8
+        images Inception is fed anyway, a quarter of the memory and the same features."""
+        if self.dataset == "digits":
+            return into.append
+        return lambda x01: into.append((x01 * 255).round().to(torch.uint8))
+
+    @staticmethod
+    def _cat(batches: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(batches)
+        return x.float() / 255 if x.dtype == torch.uint8 else x
+
+    def _real_floor(self, n: int) -> torch.Tensor:
+        """The first n held-out test images (all of them when the split is smaller)."""
+        from ebjdat.data import to_float01
+
+        return to_float01(self.x_test_full[: min(n, len(self.x_test_full))])
+
+    def _generation_metrics(self, sets: dict[str, tuple[torch.Tensor, int]]) -> None:
+        """The sample metrics of every set (suffix "" the fresh samples, "_init" their starts,
+        "_uniform" / "_uniform_init" chains from uniform noise, "_real" held-out real images),
+        all against one reference; a set with non-finite samples is noted as not computable."""
         from ebjdat.data import to_float01
 
         from .generation import (
             InceptionUnavailable,
             buffer_samples_official,
-            fid_digits,
+            digits_features,
+            feature_statistics,
+            frechet_distance,
             grid_rows,
             inception_extractor,
-            inception_metrics,
+            inception_features,
+            inception_metrics_from_features,
+            sample_count_warning,
         )
 
+        x_gen, bad = sets[""]
         x_train, _ = self.train_split()
         buf = replay_buffer(self.state)
         x_buf = None
@@ -438,19 +495,52 @@ class Evaluation:
             else:
                 self.report["n_buffer_selected"] = int(len(x_buf))
                 shown = x_buf[: min(len(x_buf), 100)]
-                self.figures["buffer_samples"] = save_grid(
+                self.figures["buffer_samples"], _ = save_grid(
                     shown, self.out / "buffer_samples.png", grid_rows(len(shown))
                 )
+        x_real = self._real_floor(len(x_gen))
+        sets = {**sets, "_real": (x_real, 0)}
         ref = f"{self.dataset} train split ({len(x_train)} images)"
-        not_finite = f"{bad} of {len(x_gen)} fresh samples are not finite"
+        baselines = {
+            "reference": ref,
+            "n_samples": len(x_gen),
+            "init": "the fresh samples' own starts, 0 SGLD steps",
+            "real": f"the first {len(x_real)} held-out test images (the floor)",
+        }
+        if "_uniform" in sets:
+            baselines["uniform"] = (
+                "the same SGLD settings from U(0, 1) images (uniform noise in the image range)"
+                + (" = the fresh samples, whose start is uniform noise"
+                   if sets["_uniform"] is sets[""] else "")
+            )
+            baselines["uniform_init"] = "those uniform-noise starts, 0 SGLD steps"
+        self.report["settings"]["generation_baselines"] = baselines
+        if len(x_real) < len(x_gen):
+            self.report["notes"].append(
+                f"the real-data floor uses all {len(x_real)} held-out test images, fewer than "
+                f"the {len(x_gen)} samples: its own small-sample bias is larger"
+            )
+
+        def broken(suffix: str, what: str) -> bool:
+            n_bad = sets[suffix][1]
+            if n_bad:
+                self.report["notes"].append(
+                    f"{what}{suffix} not computable: {n_bad} of {len(sets[suffix][0])} samples "
+                    "are not finite"
+                )
+            return bool(n_bad)
+
         if self.dataset == "digits":
-            if bad:
-                self.report["notes"].append(f"fid_digits not computable: {not_finite}")
-            else:
-                self.report["fid_digits"] = fid_digits(x_gen, x_train)
-            self.report["fid_digits_test_split"] = fid_digits(to_float01(self.x_test_full), x_train)
+            mu_r, s_r = feature_statistics(digits_features(x_train))
+            for suffix, (x, _) in sets.items():
+                if not broken(suffix, "fid_digits"):
+                    mu, sig = feature_statistics(digits_features(x))
+                    self.report[f"fid_digits{suffix}"] = frechet_distance(mu, sig, mu_r, s_r)
+            mu, sig = feature_statistics(digits_features(to_float01(self.x_test_full)))
+            self.report["fid_digits_test_split"] = frechet_distance(mu, sig, mu_r, s_r)
             if x_buf is not None and len(x_buf) >= 2:
-                self.report["buffer_fid_digits"] = fid_digits(x_buf, x_train)
+                mu, sig = feature_statistics(digits_features(x_buf))
+                self.report["buffer_fid_digits"] = frechet_distance(mu, sig, mu_r, s_r)
             self.report["settings"]["fid_digits"] = {
                 "reference": ref,
                 "features": "64-d penultimate layer of a small CNN trained deterministically "
@@ -461,30 +551,34 @@ class Evaluation:
                     f"fid_digits from only {len(x_gen)} samples is biased upward; use "
                     "--gen-n 1000 for numbers to compare"
                 )
+            warning = sample_count_warning(len(x_gen), "fid_digits and its baselines")
+            if warning:
+                self.report["warnings"].append(warning)
             return
         try:
             net = inception_extractor(self.device)
         except InceptionUnavailable as err:
             self.report["notes"].append(str(err))
             return
-        if bad:
-            self.report["notes"].append(f"FID, IS and KID not computable: {not_finite}")
-        else:
-            self.report.update(
-                inception_metrics(
-                    x_gen, x_train, device=self.device, extractor=net, progress=self.progress
-                )
-            )
+        pool_r, _ = inception_features(net, x_train, progress=self.progress)
+        for suffix, (x, _) in sets.items():
+            if broken(suffix, "FID, IS and KID"):
+                continue
+            pool, logits = inception_features(net, x, progress=self.progress)
+            metrics = inception_metrics_from_features(pool, logits, pool_r)
+            self.report.update({f"{k}{suffix}": v for k, v in metrics.items()})
         if x_buf is not None:
-            b = inception_metrics(
-                x_buf, x_train, kid=False, device=self.device, extractor=net, progress=self.progress
-            )
+            pool, logits = inception_features(net, x_buf, progress=self.progress)
+            b = inception_metrics_from_features(pool, logits, pool_r, kid=False)
             self.report["buffer_fid"] = b["fid"]
             self.report["buffer_inception_score"] = b["inception_score"]
         self.report["settings"]["inception"] = {
             "reference": ref,
             "extractor": "torch-fidelity InceptionV3 (2048-d pool features, uint8 inputs)",
         }
+        warning = sample_count_warning(len(x_gen), "FID, IS and KID")
+        if warning:
+            self.report["warnings"].append(warning)
 
     def energies_figure(self) -> None:
         from ebjdat.attacks import pgd_attack

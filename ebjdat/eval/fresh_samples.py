@@ -10,6 +10,7 @@ import enum
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,10 @@ def sample_with(
     generator: torch.Generator,
     batch_size: int,
     progress: bool,
+    on_start: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fresh samples and their labels: class-balanced when the start or the chain is
-    class-conditional, else None."""
+    class-conditional, else None. on_start: see draw_samples."""
     from .generation import draw_samples
 
     labels = (
@@ -126,18 +128,32 @@ def sample_with(
     x = draw_samples(
         model, n, sampler.sgld, start=sampler.start, conditional=sampler.conditional,
         gaussians=gaussians, labels=labels, shape=shape, generator=generator,
-        batch_size=batch_size, progress=progress,
+        batch_size=batch_size, progress=progress, on_start=on_start,
     )
     return x, labels
 
 
-def save_grid(x01: torch.Tensor, path: Path, nrow: int) -> Path:
-    """[0, 1] images as one PNG grid, `nrow` images per row."""
-    from torchvision.utils import save_image
+def save_grid(
+    x01: torch.Tensor,
+    path: Path,
+    nrow: int,
+    *,
+    labels: torch.Tensor | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[Path, str]:
+    """[0, 1] images as one readable PNG grid (at least ~400 px wide) and its layout. With
+    labels (and at most 20 classes), one class per row, labelled on the left; else `nrow`
+    images per row, row-major."""
+    from ebjdat.grids import class_rows
+    from ebjdat.grids import save_grid as write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x01, path, nrow=nrow, padding=1, pad_value=1.0)
-    return path
+    k = num_classes or 0
+    if labels is not None and 0 < k <= 20:
+        cells, width, rows = class_rows(x01, labels, k)
+        names = [class_names[r] if class_names else str(r) for r in rows]
+        return write(cells, path, width, row_labels=names), "one class per row"
+    return write(x01, path, nrow), "row-major"
 
 
 @dataclass(frozen=True)
@@ -167,7 +183,7 @@ def sample_checkpoint(
     path: str | Path, settings: SampleSettings, device: str | torch.device | None = None
 ) -> dict[str, Any]:
     """Draws settings.n fresh samples from the checkpoint at `path` and writes OUT/samples.png
-    (class starts: one class per column), OUT/samples.json (the returned record of every
+    (class starts: one class per row), OUT/samples.json (the returned record of every
     setting) and, with settings.npz, OUT/samples.npz ([0, 1] samples, start labels, predicted
     labels, energies). CheckpointError / DatasetNotFoundError / SettingsError come before any
     sampling."""
@@ -197,12 +213,14 @@ def sample_checkpoint(
         logits = torch.cat([model(xs[i : i + 500]) for i in range(0, len(xs), 500)])
         energy = ops.energy_head(logits).energy.cpu()
         pred = logits.argmax(dim=1).cpu()
-    nrow = (
-        model.num_classes
-        if labels is not None and model.num_classes <= 20
-        else max(1, math.ceil(math.sqrt(n)))
+    grid, layout = save_grid(
+        x, out / "samples.png", max(1, math.ceil(math.sqrt(n))), labels=labels,
+        num_classes=model.num_classes,
     )
-    files = {"grid": str(save_grid(x, out / "samples.png", nrow))}
+    nrow = math.ceil(n / model.num_classes) if layout == "one class per row" else (
+        max(1, math.ceil(math.sqrt(n)))
+    )
+    files = {"grid": str(grid)}
     if settings.npz:
         import numpy as np
 
@@ -234,9 +252,7 @@ def sample_checkpoint(
         "device": str(device),
         "batch_size": settings.batch_size,
         "grid_columns": nrow,
-        "grid_layout": "one class per column"
-        if nrow == model.num_classes and labels is not None
-        else "row-major",
+        "grid_layout": layout,
         "time_s": round(elapsed, 3),
         "predicted_class_counts": torch.bincount(pred, minlength=model.num_classes).tolist(),
         "files": files,

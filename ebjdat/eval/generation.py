@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +53,18 @@ def draw_samples(
     generator: torch.Generator | None = None,
     batch_size: int = 500,
     progress: bool = True,
+    on_start: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """`n` fresh SGLD samples as [0, 1] images on the CPU (the caller records the settings).
 
     start="noise" begins from U(-1, 1) in the model's internal units (needs `shape` or
     `gaussians`); start="class" from the class-conditional Gaussians, with `labels` [n] choosing
-    the class per sample (default: i % K, so a grid with K columns shows one class per column).
+    the class per sample (default: i % K, balanced over the classes).
     conditional=True samples p(x, y) with those labels instead of p(x). bn_train=True runs BN in
     train mode as the JEM++/SADA-JEM training sampler does; the running statistics are saved and
     restored so that evaluation afterwards sees the checkpoint's model unchanged.
+    on_start receives each batch's starting images as [0, 1] CPU images, exactly what 0 SGLD
+    steps would return: the init-only baseline of these very chains.
     """
     from tqdm import tqdm
 
@@ -106,6 +109,8 @@ def draw_samples(
                 z0 = gaussians.sample(m, classes=y, generator=generator)
             else:
                 z0 = torch.rand(m, *shape, device=device, generator=generator) * 2 - 1
+            if on_start is not None:
+                on_start(JEM.from_internal(z0.float()).clamp(0, 1).cpu())
             z = sampler(model, z0, y=y if conditional else None, generator=generator)
             out.append(JEM.from_internal(z.float()).clamp(0, 1).cpu())
             bar.update(m)
@@ -403,13 +408,21 @@ def inception_metrics(
     feature-level functions and Inception (uint8 inputs, as the official evaluation feeds them).
     Raises InceptionUnavailable when the weights are neither on disk nor downloadable.
     `extractor` reuses a net from `inception_extractor` across calls."""
+    net = extractor if extractor is not None else inception_extractor(device, download=download)
+    pool_s, logit_s = inception_features(net, samples01, progress=progress)
+    pool_r, _ = inception_features(net, reference01, progress=progress)
+    return inception_metrics_from_features(pool_s, logit_s, pool_r, kid=kid)
+
+
+def inception_metrics_from_features(
+    pool_s: torch.Tensor, logit_s: torch.Tensor, pool_r: torch.Tensor, *, kid: bool = True
+) -> dict[str, float]:
+    """The metrics of inception_metrics from features already extracted, so that one
+    reference pass serves several sample sets (fresh samples, their starts, real images)."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
 
-    net = extractor if extractor is not None else inception_extractor(device, download=download)
-    pool_s, logit_s = inception_features(net, samples01, progress=progress)
-    pool_r, _ = inception_features(net, reference01, progress=progress)
     fid = fid_statistics_to_metric(
         fid_features_to_statistics(pool_s), fid_features_to_statistics(pool_r), verbose=False
     )["frechet_inception_distance"]
@@ -427,6 +440,28 @@ def inception_metrics(
         out["kid"] = float(k["kernel_inception_distance_mean"])
         out["kid_std"] = float(k["kernel_inception_distance_std"])
     return out
+
+
+# ---- how many samples ----------------------------------------------------------------------------
+
+MIN_UNBIASED_SAMPLES = 10_000  # below this, FID and IS depend visibly on the sample count
+MAX_GEN_SAMPLES = 50_000  # the usual count for numbers to cite; more only costs time
+
+
+def sample_count_warning(n: int, metrics: str) -> str | None:
+    """The report's warning when `metrics` come from fewer than 10,000 samples, else None.
+
+    The Fréchet distance of a finite set is biased upward by an amount that shrinks with N, and
+    IS downward; KID is unbiased but noisy. Numbers from different N are not comparable, and
+    papers quote 10k-50k samples."""
+    if n >= MIN_UNBIASED_SAMPLES:
+        return None
+    return (
+        f"{metrics} from {n:,} samples (fewer than {MIN_UNBIASED_SAMPLES:,}) are biased (FID "
+        "upward, IS downward, KID noisy): compare only with numbers from the same sample count, "
+        f"and use --gen-n {MIN_UNBIASED_SAMPLES} or more (up to {MAX_GEN_SAMPLES}) for numbers "
+        "to cite"
+    )
 
 
 # ---- the official "buffer FID" selection ---------------------------------------------------------

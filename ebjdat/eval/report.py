@@ -21,6 +21,36 @@ from typing import Any
 
 Row = tuple[str, str, str, str]  # (key, label, kind, note); kind "pct" prints a percentage
 
+# The baselines each generation figure stands beside: (key suffix, short name, note).
+_BASELINE_ROWS = [
+    ("_init", "init only", "the samples' own starts, 0 SGLD steps: the baseline to beat"),
+    ("_real", "real floor", "held-out real images, as many as the samples"),
+    ("_uniform", "from uniform noise", "the same SGLD settings from uniform noise"),
+    ("_uniform_init", "uniform noise", "the uniform-noise starts, 0 steps"),
+]
+_GEN_METRICS = [  # (key, label, which way is better)
+    ("fid_digits", "fid_digits", "lower"),
+    ("fid", "FID (Inception)", "lower"),
+    ("inception_score", "Inception Score", "higher"),
+    ("kid", "KID (Inception)", "lower"),
+]
+GENERATION_MEANING = {
+    "digits": (
+        "On digits, \"generation\" means fresh SGLD samples drawn from the same kind of start "
+        "as the training replay buffer (the class-conditional Gaussians, or uniform noise if the "
+        "run used it), scored by fid_digits, the Fréchet distance in the features of the "
+        "package's own small digits classifier (not Inception): lower is better, the "
+        "init-only column (the same starts after 0 SGLD steps) is what the sampler must beat, "
+        "and the real floor (held-out real digits) is the best reachable."
+    ),
+    "other": (
+        "\"Generation\" means fresh SGLD samples from the run's replay-buffer start, scored "
+        "with Inception FID, IS and KID against the train split: the init-only column (the "
+        "same starts after 0 SGLD steps) is what the sampler must beat, and the real floor "
+        "(held-out real images) is the best reachable."
+    ),
+}
+
 _SECTIONS: list[tuple[str, list[Row]]] = [
     (
         "Accuracy and robustness",
@@ -49,12 +79,25 @@ _SECTIONS: list[tuple[str, list[Row]]] = [
             ),
             ("inception_score", "Inception Score", "num", "fresh samples; higher is better"),
             ("kid", "KID (Inception)", "num", "fresh samples; lower is better"),
+            *[
+                (f"{key}{suffix}", f"{label}, {what}", "num", note)
+                for suffix, what, note in _BASELINE_ROWS
+                for key, label in (("fid", "FID"), ("inception_score", "IS"), ("kid", "KID"))
+            ],
             (
                 "fid_digits",
                 "fid_digits",
                 "num",
                 "Fréchet distance in a small digits classifier's features (not Inception FID)",
             ),
+            ("fid_digits_init", "fid_digits, init only", "num",
+             "the same starts, 0 SGLD steps: the baseline the sampler must beat"),
+            ("fid_digits_real", "fid_digits, real floor", "num",
+             "held-out real digits, as many as the samples: the best reachable"),
+            ("fid_digits_uniform", "fid_digits, from uniform noise", "num",
+             "the same SGLD settings started from uniform noise (the hard case)"),
+            ("fid_digits_uniform_init", "fid_digits, uniform noise", "num",
+             "the uniform-noise starts themselves, 0 steps"),
             (
                 "fid_digits_test_split",
                 "fid_digits of real test digits",
@@ -122,13 +165,16 @@ _FIRST = [
     "checkpoint", "dataset", "preset", "epoch", "protocol", "protocol_note", "n_examples",
     "eps", "eps_requested", "norm", "clean_acc", "pgd20_acc", "autoattack_acc",
     "autoattack_engine", "fid",
-    "inception_score", "kid", "fid_digits", "buffer_fid", "buffer_fid_digits", "ece",
+    "fid_init", "fid_real",
+    "inception_score", "kid", "fid_digits", "fid_digits_init", "fid_digits_real",
+    "fid_digits_uniform", "fid_digits_uniform_init", "buffer_fid", "buffer_fid_digits", "ece",
     "ood_auroc", "energy_gap_clean_adv", "energy_gap_clean_gen", "warnings", "notes",
 ]  # fmt: skip
 _LAST = ["ood", "sanity", "settings", "timings", "created"]
 
 _FIGURE_TITLES = {
-    "samples": "Fresh SGLD samples",
+    "samples": "Fresh SGLD samples (class-conditional starts: one class per row)",
+    "uniform_samples": "SGLD samples started from uniform noise (the hard case)",
     "buffer_samples": "Replay-buffer selection scored by the official 'buffer FID'",
     "energy": "Energy distributions (the paper's Fig. 2)",
     "energy_histogram": "Energy distributions (the paper's Fig. 2)",
@@ -288,11 +334,23 @@ def _cards(report: Mapping[str, Any]) -> str:
     cards = [
         f"<div class='card'><div class='k'>{html.escape(label)}</div>"
         f"<div class='v'>{_fmt(report[key], kind)}</div>"
-        f"{_card_ci(report, key, kind)}</div>"
+        f"{_card_ci(report, key, kind)}{_card_baselines(report, key)}</div>"
         for key, label, kind in _CARDS
         if isinstance(report.get(key), (int, float))
     ]
     return f"<div class='cards' id='headline'>{''.join(cards)}</div>" if cards else ""
+
+
+def _card_baselines(report: Mapping[str, Any], key: str) -> str:
+    """'init X · real Y' under a generation card, so the figure is never read alone."""
+    if key not in {m[0] for m in _GEN_METRICS}:
+        return ""
+    parts = [
+        f"{name} {_fmt(report[f'{key}{suffix}'], 'num')}"
+        for suffix, name in (("_init", "init"), ("_real", "real"))
+        if isinstance(report.get(f"{key}{suffix}"), (int, float))
+    ]
+    return f"<div class='k ci'>{' · '.join(parts)}</div>" if parts else ""
 
 
 def _card_ci(report: Mapping[str, Any], key: str, kind: str) -> str:
@@ -347,6 +405,28 @@ def _table(report: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _generation_table(report: Mapping[str, Any]) -> str:
+    """Each generation figure in one row beside its baselines and the real floor."""
+    metrics = [m for m in _GEN_METRICS if isinstance(report.get(m[0]), (int, float))]
+    if not metrics:
+        return ""
+    cols = [("", "fresh SGLD samples")] + [(suf, what) for suf, what, _ in _BASELINE_ROWS]
+    cols = [c for c in cols if any(f"{k}{c[0]}" in report for k, _, _ in metrics)]
+    head = "".join(f"<th>{html.escape(what)}</th>" for _, what in cols)
+    rows = [f"<table id='generation'><tr><th>Metric</th>{head}</tr>"]
+    for key, label, better in metrics:
+        cells = "".join(
+            f"<td class='num'>{_fmt(report.get(f'{key}{suf}'), 'num')}</td>" for suf, _ in cols
+        )
+        rows.append(
+            f"<tr><td>{html.escape(label)} <span class='ci'>({better} is better)</span></td>"
+            f"{cells}</tr>"
+        )
+    rows.append("</table>")
+    meaning = GENERATION_MEANING["digits" if report.get("dataset") == "digits" else "other"]
+    return f"<p class='notes' id='generation-meaning'>{html.escape(meaning)}</p>" + "\n".join(rows)
+
+
 def _ood_table(ood: Mapping[str, Any]) -> str:
     sets = [s for s, v in ood.items() if isinstance(v, Mapping)]
     if not sets:
@@ -364,7 +444,8 @@ def _ood_table(ood: Mapping[str, Any]) -> str:
 
 
 def _figures(figures: Mapping[str, Path]) -> str:
-    order = ["samples", "buffer_samples", "energy", "energy_histogram", "reliability"]
+    order = ["samples", "uniform_samples", "buffer_samples", "energy", "energy_histogram"]
+    order.append("reliability")
     names = [n for n in order if n in figures] + [n for n in figures if n not in order]
     parts = []
     for name in names:
@@ -426,6 +507,10 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
         parts.append(f"<div class='notes' id='notes'><b>Notes</b><ul>{items}</ul></div>")
     parts.append("<h2>Numbers</h2>")
     parts.append(_table(report))
+    generation = _generation_table(report)
+    if generation:
+        parts.append("<h2>Generation against its baselines</h2>")
+        parts.append(generation)
     if isinstance(report.get("ood"), Mapping):
         parts.append("<h2>Out-of-distribution detection</h2>")
         parts.append(_ood_table(report["ood"]))
