@@ -294,6 +294,9 @@ def test_short_digits_run_learns(tmp_path: Path) -> None:
     assert {"train_loss", "val_acc", "val_robust_acc", "train_e_q", "lr"} <= set(rows[-1])
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
     assert sorted(p.name for p in (tmp_path / "samples").iterdir())[-1] == "epoch_0003.png"
+    from PIL import Image
+
+    assert Image.open(tmp_path / "samples" / "epoch_0003.png").size[0] >= 400  # readable
 
 
 def test_divergence_rolls_back_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -664,13 +664,15 @@ class Trainer:
             or self.cfg.train.sample_grid <= 0
         ):
             return
-        from torchvision.utils import save_image
+        from ebjdat.grids import grid_image, save_grid
 
         n = min(self.cfg.train.sample_grid, self.buffer.size)
         grid = self.model.from_internal(self.buffer.buffer[:n].float()).clamp(0, 1).cpu()
         path = self.out / "samples" / f"epoch_{self.state.epoch:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path, nrow=int(math.sqrt(n)) or 1, padding=1)
+        save_grid(grid, path, int(math.sqrt(n)) or 1)  # >= ~400 px: 8x8 digits enlarged
+        if self._writer is not None:
+            self._writer.add_image("replay_buffer", grid_image(grid, int(math.sqrt(n)) or 1),
+                                   self.state.epoch)  # fmt: skip
 
     def _record(self, row: dict[str, Any]) -> None:
         """Adds the epoch's row to the history; metrics.jsonl follows with the checkpoint."""
