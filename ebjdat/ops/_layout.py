@@ -13,7 +13,8 @@ def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
     if t.is_contiguous():
         return True
     expected = 1
-    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+    dims = sorted((t.stride(i), t.size(i)) for i in range(t.dim()) if t.size(i) != 1)
+    for stride, size in dims:
         if stride != expected:
             return False
         expected *= size
