@@ -346,3 +346,16 @@ def test_draw_samples_reports_its_starts() -> None:
     )  # fmt: skip
     assert [len(b) for b in starts] == [4, 2]
     torch.testing.assert_close(torch.cat(starts)[:4], zero[:4])
+
+
+def test_fresh_chains_default_to_the_training_chain_length() -> None:
+    """A short-run model generates at the length it was trained with: fresh chains take the
+    checkpoint's sgld.steps (and its other SGLD settings) unless told otherwise."""
+    from ebjdat.eval.fresh_samples import SamplerOverrides
+    from ebjdat.train.config import load_preset
+
+    cfg = load_preset("digits")
+    cfg.sgld.steps = 7
+    resolved = SamplerOverrides().resolve(cfg)
+    assert resolved.sgld == cfg.sgld and resolved.start == "class"
+    assert SamplerOverrides(steps=3).resolve(cfg).sgld.steps == 3

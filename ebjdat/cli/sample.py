@@ -82,7 +82,11 @@ def add_sampler_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
         "split (default: the checkpoint's buffer init)",
     )
     p.add_argument(
-        f"--{prefix}steps", type=int, metavar="S", help="SGLD steps per chain (default: 100)"
+        f"--{prefix}steps",
+        type=int,
+        metavar="S",
+        help="SGLD steps per chain (default: the checkpoint's sgld.steps, the length its "
+        "training chains ran)",
     )
     p.add_argument(
         f"--{prefix}step-size",

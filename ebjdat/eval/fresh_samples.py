@@ -44,7 +44,12 @@ FROM_CONFIG = FromConfig.FROM_CONFIG
 @dataclass(frozen=True)
 class SamplerOverrides:
     """SGLD settings that replace the checkpoint's [sgld] ones; None (grad_clip: FROM_CONFIG)
-    keeps the checkpoint's value, and steps defaults to 100."""
+    keeps the checkpoint's value.
+
+    The chain length too defaults to the training chains' (sgld.steps): a model trained with
+    short-run chains generates at that length, and longer chains drift away from the data
+    (on one default digits run, 1000 samples: fid_digits 5.7 at the training 20 steps, 6.6 at
+    40, 7.4 at 100, from 11.3 at the class-Gaussian start)."""
 
     start: str | None = None  # "noise" (U(-1, 1)) or "class" (the training split's Gaussians)
     steps: int | None = None
@@ -70,7 +75,7 @@ class SamplerOverrides:
         s = cfg.sgld
         chain = dataclasses.replace(
             s,
-            steps=100 if self.steps is None else self.steps,
+            steps=s.steps if self.steps is None else self.steps,
             step_size=s.step_size if self.step_size is None else self.step_size,
             noise_std=s.noise_std if self.noise_std is None else self.noise_std,
             grad_clip=s.grad_clip if self.grad_clip is FROM_CONFIG else self.grad_clip,
