@@ -23,6 +23,14 @@ reported (a prediction from non-finite logits counts as wrong), every metric tha
 left out with a note saying why, the report opens with a warning, and the exit status is 0.
 Usage errors (bad flags, an unreadable checkpoint, an output directory that cannot be written)
 exit with status 2 and one line on stderr, before anything is computed or written.
+
+Several checkpoints (ebjdat-eval A.pt B.pt C.pt --out DIR) are compared under the same flags:
+each is evaluated into DIR/<name>/ (its usual report, written as soon as it is done), then
+DIR/compare.json and DIR/compare.html hold one row per checkpoint (accuracies with intervals,
+generation with its baselines, ECE, OOD, energy gaps), the sanity checks as one table and the
+runs' training curves (RUN/metrics.jsonl) overlaid. Every path is checked first: it must exist,
+load as a checkpoint and be given once. A checkpoint that fails during evaluation becomes a row
+with its error, and the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import argparse
 import importlib.util
 import re
 import sys
+from pathlib import Path
 
 from ebjdat.checks import SettingsError
 from ebjdat.cpu_allocator import tune_cpu_allocator
@@ -54,12 +63,22 @@ def parser() -> argparse.ArgumentParser:
         epilog=(
             "outputs: OUT/report.json, OUT/report.html, OUT/samples.png, "
             "OUT/energy_histogram.png, OUT/reliability.png (and OUT/buffer_samples.png)\n"
-            "example: ebjdat-eval runs/digits/checkpoints/best.pt --limit 200 --attacks pgd20"
+            "example: ebjdat-eval runs/digits/checkpoints/best.pt --limit 200 --attacks pgd20\n"
+            "compare: ebjdat-eval runs/a/checkpoints/best.pt runs/b/checkpoints/best.pt "
+            "--out runs/compare"
         ),
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by ebjdat-train")
     p.add_argument(
-        "--out", metavar="DIR", help="output directory (default: RUN/eval next to the checkpoint)"
+        "checkpoint",
+        metavar="CKPT",
+        nargs="+",
+        help="a checkpoint written by ebjdat-train; several: compare them (needs --out)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output directory (default: RUN/eval next to the checkpoint; required with several "
+        "checkpoints: DIR/<name>/ per checkpoint and DIR/compare.{json,html})",
     )
     p.add_argument(
         "--protocol",
@@ -220,6 +239,9 @@ def _log(message: str) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if len(args.checkpoint) > 1:
+        return _compare(args)
+    args.checkpoint = args.checkpoint[0]
     from dataclasses import replace
 
     from ebjdat.checkpoint import CheckpointError
@@ -256,6 +278,55 @@ def run(argv: list[str] | None = None) -> int:
     print(f"{summary}\nwrote {out / 'report.json'} and {out / 'report.html'}")
     for w in r["warnings"]:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Several checkpoints under the same flags: every argument checked before the first
+    evaluation, one progress line per checkpoint, then DIR/compare.json and compare.html."""
+    from ebjdat.checkpoint import CheckpointError
+    from ebjdat.eval.compare import compare_checkpoints
+
+    from .common import check_output_dir
+
+    paths = args.checkpoint
+    try:
+        settings = settings_from(args)
+        device = device_from(args.device)
+        check_backends(device)
+        if not args.out:
+            raise UsageError(
+                f"--out is required with several checkpoints ({len(paths)} given): the "
+                "directory of the comparison"
+            )
+        out = Path(args.out)
+        check_output_dir("--out", out)
+        result = compare_checkpoints(paths, settings, out, device, log=_log)
+    except SettingsError as err:
+        return error(PROG, settings_error(err, prefix="gen_"))
+    except (UsageError, CheckpointError) as err:
+        return error(PROG, err)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (the finished checkpoints' reports are kept)", file=sys.stderr)
+        return 130
+    for row in result["rows"]:
+        if "error" in row:
+            print(f"{row['name']}: failed: {row['error']}")
+            continue
+        summary = ", ".join(
+            f"{k} {row[k]:.4g}"
+            for k in ("clean_acc", "pgd20_acc", "autoattack_acc", "fid", "fid_digits", "ece",
+                      "ood_auroc")  # fmt: skip
+            if isinstance(row.get(k), (int, float))
+        )
+        print(f"{row['name']}: {summary}")
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.html'}")
+    for w in result["warnings"]:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    failed = sum("error" in row for row in result["rows"])
+    if failed:
+        print(f"{PROG}: {failed} of {len(paths)} checkpoints failed", file=sys.stderr)
+        return 1
     return 0
 
 
