@@ -1,13 +1,15 @@
 """ebjdat-eval with several checkpoints: one comparison row per checkpoint equal to that
 checkpoint's own report.json, the sanity checks as one table, the training curves read from each
-run's metrics.jsonl, and bad inputs refused in one line before anything is written. Tiny runs
-and the cheapest flags throughout."""
+run's metrics.jsonl, bad inputs refused in one line before anything is written, and the
+digits-table script as a call of the comparison. Tiny runs and the cheapest flags throughout."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -33,6 +35,7 @@ TINY = [
 ]
 CHEAP = ["--limit", "16", "--attacks", "pgd20", "--no-sanity", "--gen-n", "16", "--gen-steps",
          "2", "--no-gen-uniform", "--no-progress", "--device", "cpu"]  # fmt: skip
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _train(run: Path, preset: str, epochs: int) -> Path:
@@ -210,3 +213,55 @@ def test_single_checkpoint_output_unchanged(
     theirs = json.loads((compared / "digits-pgd-at" / "report.json").read_text())
     for key in ("clean_acc", "pgd20_acc", "pgd20_acc_ci95", "ece", "fid_digits", "ood_auroc"):
         assert mine[key] == theirs[key], key
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("digits_table", ROOT / "scripts" /
+                                                  "digits_table.py")  # fmt: skip
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_table_script_calls_the_comparison(
+    compared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Trains only the presets whose run is missing, then makes one ebjdat-eval call with the
+    three best checkpoints; prints the table from compare.json."""
+    script = _script()
+    runs = tmp_path / "runs"
+    for preset in script.PRESETS[:2]:  # two runs exist already; the third must be trained
+        (runs / preset / "checkpoints").mkdir(parents=True)
+        (runs / preset / "checkpoints" / "best.pt").write_bytes(b"")
+    trained: list[str] = []
+    calls: list[list[str]] = []
+
+    def fake_train(preset: str, run: Path) -> None:
+        trained.append(preset)
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "best.pt").write_bytes(b"")
+
+    def fake_eval(argv: list[str]) -> int:
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        shutil.copy(compared / "compare.json", out / "compare.json")
+        return 0
+
+    monkeypatch.setattr(script, "train", fake_train)
+    monkeypatch.setattr(script.eval_cli, "run", fake_eval)
+    assert script.main(["--runs", str(runs), "--limit", "200", "--attacks", "pgd20"]) == 0
+    assert trained == [script.PRESETS[2]]
+    (argv,) = calls
+    assert argv[:3] == [str(runs / p / "checkpoints" / "best.pt") for p in script.PRESETS]
+    assert argv[argv.index("--out") + 1] == str(runs / "compare")
+    assert argv[argv.index("--eps") + 1] == "0.1"
+    assert argv[-4:] == ["--limit", "200", "--attacks", "pgd20"]
+    table = capsys.readouterr().out
+    assert table.count("\n| digits") == 3 and "| Clean |" in table
+    assert (runs / "compare" / "table.md").read_text() in table
+    with pytest.raises(SystemExit):  # --no-train with a run missing: one line, nothing run
+        script.main(["--runs", str(tmp_path / "empty"), "--no-train"])
+    assert len(calls) == 1
