@@ -9,6 +9,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +45,26 @@ def _why_unreadable(err: BaseException) -> str:
     return "not a readable torch checkpoint: truncated, corrupt or another kind of file"
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_tensors(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    error: Callable[[str], Exception] = CheckpointError,
+    what: str = "checkpoint ",
+) -> Any:
+    """The contents of a torch file, through weights_only=True only: a missing, unreadable,
+    corrupt or code-carrying file raises `error` with one line (never torch's advice to
+    unpickle)."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
+        raise error(f"{what}{path} is a directory, not a checkpoint file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise error(f"{what}{path} does not exist")
     try:
         with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol: not ours
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
-        raise CheckpointError(f"checkpoint {path} is not readable (permission denied)") from None
+        raise error(f"{what}{path} is not readable (permission denied)") from None
     except (
         pickle.UnpicklingError,
         RuntimeError,
@@ -70,7 +79,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         OSError,
         UnicodeDecodeError,
     ) as err:
-        raise CheckpointError(f"checkpoint {path}: {_why_unreadable(err)}") from None
+        raise error(f"{what}{path}: {_why_unreadable(err)}") from None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    state = read_tensors(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ebjdat checkpoint")
     if state.get("version") != VERSION:

@@ -17,7 +17,6 @@ problem is one line (a CheckpointError), because these files come from outside e
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,37 +292,9 @@ def unwrap(obj: Any, source: str) -> tuple[Mapping[str, Any], Tensor | None]:
 def read_official(path: str | Path) -> Any:
     """The loaded contents of `path`, through weights_only=True only (one line when the file
     needs anything more, without torch's advice to unpickle)."""
-    import pickle
-    import zipfile
+    from ebjdat.checkpoint import read_tensors
 
-    from ebjdat.checkpoint import _why_unreadable
-
-    p = Path(path)
-    if p.is_dir():
-        raise _error(f"{p} is a directory, not a checkpoint file")
-    if not p.is_file():
-        raise _error(f"{p} does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise _error(f"{p} is not readable (permission denied)") from None
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        ValueError,
-        TypeError,
-        AttributeError,
-        ImportError,
-        IndexError,
-        KeyError,
-        OSError,
-        UnicodeDecodeError,
-    ) as err:
-        raise _error(f"{p}: {_why_unreadable(err)}") from None
+    return read_tensors(path, error=_error, what="")
 
 
 def load_official(path: str | Path, fmt: str) -> OfficialCheckpoint:
