@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,3 +142,13 @@ def comparable(state: dict) -> dict:
     wall-clock times of its metrics rows."""
     return {**{k: v for k, v in state.items() if k != "run_id"},
             "history": without_time(state["history"])}  # fmt: skip
+
+
+def checkpoint_iteration(last: Path) -> int:
+    """The iteration a checkpoint file holds; -1 while it is missing or half-written."""
+    from ebjdat import checkpoint
+
+    try:
+        return int(checkpoint.load(last)["progress"]["iteration"])
+    except checkpoint.CheckpointError:
+        return -1

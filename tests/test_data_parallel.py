@@ -21,7 +21,7 @@ from pathlib import Path
 import ddp_worker as worker
 import pytest
 import torch
-from helpers import assert_same, comparable
+from helpers import assert_same, checkpoint_iteration, comparable
 
 from ebjdat import checkpoint
 from ebjdat.train.parallel import Distributed
@@ -105,13 +105,6 @@ def test_sampling_passes_do_not_all_reduce(two_processes: dict) -> None:
     assert on == off and off["forwards"][0] > 0  # the extra BN forwards never go through DDP
 
 
-def _iteration(last: Path) -> int:
-    try:
-        return int(checkpoint.load(last)["progress"]["iteration"])
-    except (checkpoint.CheckpointError, FileNotFoundError):
-        return -1
-
-
 def _files(run: Path) -> list[tuple[Path, int, int]]:
     return sorted(
         (p, p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()
@@ -124,11 +117,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     last = killed / "checkpoints" / "last.pt"
     try:
         deadline = time.time() + 240
-        while _iteration(last) < KILL_AT and proc.poll() is None and time.time() < deadline:
+        while (
+            checkpoint_iteration(last) < KILL_AT and proc.poll() is None and time.time() < deadline
+        ):
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, as a node going down
         proc.wait()
-        started = _iteration(last)
+        started = checkpoint_iteration(last)
         assert ITERS_PER_EPOCH < started < 2 * ITERS_PER_EPOCH, started
         resumed = _train(killed, "--resume")
         _, err = resumed.communicate(timeout=300)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 import user_models as um
-from helpers import assert_same, comparable, without_time
+from helpers import assert_same, checkpoint_iteration, comparable, without_time
 
 import ebjdat
 from ebjdat import checkpoint
@@ -60,20 +60,13 @@ def _train(out: Path, *extra: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _iteration(last: Path) -> int:
-    try:
-        return int(checkpoint.load(last)["progress"]["iteration"])
-    except checkpoint.CheckpointError:
-        return -1
-
-
 def _wait_for(last: Path, iteration: int, proc: subprocess.Popen, timeout: float = 120) -> int:
     """Waits until last.pt holds `iteration` or later (reading it only when it changed)."""
     deadline, seen, at = time.time() + timeout, None, -1
     while time.time() < deadline and proc.poll() is None:
         stamp = last.stat().st_mtime_ns if last.is_file() else None
         if stamp is not None and stamp != seen:
-            seen, at = stamp, _iteration(last)
+            seen, at = stamp, checkpoint_iteration(last)
             if at >= iteration:
                 return at
         time.sleep(0.02)
@@ -128,7 +121,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[int
             proc.kill()
             proc.wait()
             assert proc.returncode == -9
-            started_from.append(_iteration(last))
+            started_from.append(checkpoint_iteration(last))
             proc = _train(out, "--resume")
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

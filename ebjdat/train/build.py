@@ -586,7 +586,7 @@ def build_training(
     else:
         data = user_data(train_data, val_data, t.seed, log, d.loader, d.workers)
     need = needs(cfg.loss, cfg.adv.enabled)
-    chains = buffer_share(cfg.sgld.buffer_size, Distributed(dist.world_size - 1, dist.world_size))
+    chains = cfg.sgld.buffer_size // dist.world_size  # the smallest share (buffer_share)
     if need["samples"] and dist.world_size > 1 and chains < d.batch_size:
         raise ConfigError(
             f"sgld.buffer_size = {cfg.sgld.buffer_size} leaves {chains} chains per process over "
