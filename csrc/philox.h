@@ -8,13 +8,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define EBJDAT_HD __host__ __device__ __forceinline__
-#define EBJDAT_UNROLL _Pragma("unroll")
-#else
-#define EBJDAT_HD inline
-#define EBJDAT_UNROLL
-#endif
+#include "hd_math.h"  // EBJDAT_HD, EBJDAT_UNROLL
 
 namespace ebjdat {
 namespace philox {
@@ -59,6 +53,23 @@ EBJDAT_HD float to_uniform(uint32_t u) {
   int32_t x = static_cast<int32_t>(u);
   x = x < 0 ? ~x : x;
   return static_cast<float>(x) * kUniformScale;
+}
+
+// Box-Muller on two uniforms, as tl.randn4x: the precise logf/cosf/sinf (glibc's on the host,
+// CUDA's on the device; the AVX2 CPU path uses Sleef's, within an ulp).
+EBJDAT_HD void normal_pair(float u1, float u2, float& n1, float& n2) {
+  u1 = u1 < kMinUniform ? kMinUniform : u1;
+  const float th = kTwoPi * u2;
+  const float r = sqrtf(-2.0f * logf(u1));
+  n1 = r * cosf(th);
+  n2 = r * sinf(th);
+}
+
+// The four normals of counter k (tl.randn4x lanes n1..n4).
+EBJDAT_HD void normals4(uint64_t seed, uint64_t k, float (&z)[4]) {
+  const Block b = philox4x32_10(seed, k);
+  normal_pair(to_uniform(b.v[0]), to_uniform(b.v[1]), z[0], z[1]);
+  normal_pair(to_uniform(b.v[2]), to_uniform(b.v[3]), z[2], z[3]);
 }
 
 }  // namespace philox

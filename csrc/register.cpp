@@ -1,5 +1,6 @@
-// The one registration file: CPU kernels always, CUDA kernels when built with nvcc. The schemas
-// are defined by ebjdat/ops (Python), which imports this module after defining them.
+// The extension module: what it was built with, and energy_head's C++ autograd. Each kernel file
+// registers its own kernels (TORCH_LIBRARY_IMPL at its end: csrc/cpu/*.cpp for CPU, csrc/cuda/*.cu
+// for CUDA); the schemas are defined by ebjdat/ops (Python).
 #include <Python.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -9,7 +10,7 @@
 
 #include <optional>
 
-#include "ops.h"
+#include "energy_head.h"
 
 #if defined(__AVX2__)
 #define EBJDAT_CPU_ISA "avx2"
@@ -17,24 +18,7 @@
 #define EBJDAT_CPU_ISA "generic"
 #endif
 
-TORCH_LIBRARY_IMPL(ebjdat, CPU, m) {
-  m.impl("sgld_step", &ebjdat::sgld_step_cpu);
-  m.impl("sgld_step_", &ebjdat::sgld_step__cpu);
-  m.impl("pgd_init", &ebjdat::pgd_init_cpu);
-  m.impl("pgd_step", &ebjdat::pgd_step_cpu);
-  m.impl("energy_head", &ebjdat::energy_head_cpu);
-  m.impl("energy_head_backward", &ebjdat::energy_head_backward_cpu);
-}
-
 #if defined(EBJDAT_WITH_CUDA)
-TORCH_LIBRARY_IMPL(ebjdat, CUDA, m) {
-  m.impl("sgld_step", &ebjdat::sgld_step_cuda);
-  m.impl("sgld_step_", &ebjdat::sgld_step__cuda);
-  m.impl("pgd_init", &ebjdat::pgd_init_cuda);
-  m.impl("pgd_step", &ebjdat::pgd_step_cuda);
-  m.impl("energy_head", &ebjdat::energy_head_cuda);
-  m.impl("energy_head_backward", &ebjdat::energy_head_backward_cuda);
-}
 #define EBJDAT_HAS_CUDA 1
 #else
 #define EBJDAT_HAS_CUDA 0

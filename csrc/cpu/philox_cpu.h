@@ -21,14 +21,6 @@ namespace philox {
 // Numbers per generator call: 8 counters x 4 lanes.
 constexpr int64_t kChunk = 32;
 
-inline void normal_pair(float u1, float u2, float& n1, float& n2) {
-  u1 = u1 < kMinUniform ? kMinUniform : u1;
-  const float th = kTwoPi * u2;
-  const float r = std::sqrt(-2.0f * std::log(u1));
-  n1 = r * std::cos(th);
-  n2 = r * std::sin(th);
-}
-
 inline void uniforms32_scalar(uint64_t seed, uint64_t k, float* out) {
   for (int j = 0; j < 8; ++j) {
     const Block b = philox4x32_10(seed, k + j);
@@ -37,9 +29,11 @@ inline void uniforms32_scalar(uint64_t seed, uint64_t k, float* out) {
 }
 
 inline void normals32_scalar(uint64_t seed, uint64_t k, float* out) {
-  float u[kChunk];
-  uniforms32_scalar(seed, k, u);
-  for (int j = 0; j < kChunk; j += 2) normal_pair(u[j], u[j + 1], out[j], out[j + 1]);
+  for (int j = 0; j < 8; ++j) {
+    float z[4];
+    normals4(seed, k + j, z);
+    for (int l = 0; l < 4; ++l) out[4 * j + l] = z[l];
+  }
 }
 
 #if EBJDAT_CPU_AVX2

@@ -1,6 +1,6 @@
-// Device helpers shared by the CUDA kernels: grouped loads/stores, Philox normals, reductions,
-// launch sizing and the generator draw. The formulas mirror the CPU kernels (csrc/cpu), which are
-// the spec.
+// What only the CUDA kernels need: grouped loads/stores, reductions, launch sizing and the
+// generator draw. The arithmetic is not here: each op's formulas are in csrc/<op>.h, shared with the
+// CPU kernels.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/ceil_div.h>
@@ -17,7 +17,6 @@
 #include <type_traits>
 
 #include "../common.h"
-#include "../philox.h"
 
 namespace ebjdat {
 namespace cuda {
@@ -84,63 +83,6 @@ __device__ __forceinline__ void store4(T* p, int64_t c, int64_t lo, int64_t hi, 
 #define EBJDAT_GROUP_LOOP(c, groups)                                                   \
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;       \
        c < (groups); c += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
-// ---------------------------------------------------------------------------------------------
-// Arithmetic twins of the CPU helpers.
-
-// std::max as the CPU code uses it: (a < b) ? b : a, so a NaN `a` survives (fmax would drop it).
-template <typename T>
-__device__ __forceinline__ T max_std(T a, T b) {
-  return a < b ? b : a;
-}
-
-// NaN-propagating max, as the CPU row_max: (r > m || r != r) ? r : m.
-template <typename T>
-__device__ __forceinline__ T max_nan(T m, T r) {
-  return (r > m || r != r) ? r : m;
-}
-
-// Precise libm calls (no fast-math): expf/logf for float, exp/log for double.
-template <typename T>
-__device__ __forceinline__ T exp_d(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return expf(v);
-  } else {
-    return ::exp(v);
-  }
-}
-template <typename T>
-__device__ __forceinline__ T log_d(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return logf(v);
-  } else {
-    return ::log(v);
-  }
-}
-template <typename T>
-__device__ __forceinline__ T sqrt_d(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return sqrtf(v);
-  } else {
-    return ::sqrt(v);
-  }
-}
-
-// philox_cpu.h normal_pair with CUDA's precise logf/cosf/sinf (Triton's libdevice calls).
-__device__ __forceinline__ void normal_pair(float u1, float u2, float& n1, float& n2) {
-  u1 = u1 < philox::kMinUniform ? philox::kMinUniform : u1;
-  const float th = philox::kTwoPi * u2;
-  const float r = sqrtf(-2.0f * logf(u1));
-  n1 = r * cosf(th);
-  n2 = r * sinf(th);
-}
-
-// The four normals of counter k (tl.randn4x lanes n1..n4).
-__device__ __forceinline__ void normals4(uint64_t seed, uint64_t k, float (&z)[4]) {
-  const philox::Block b = philox::philox4x32_10(seed, k);
-  normal_pair(philox::to_uniform(b.v[0]), philox::to_uniform(b.v[1]), z[0], z[1]);
-  normal_pair(philox::to_uniform(b.v[2]), philox::to_uniform(b.v[3]), z[2], z[3]);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Reductions. Every lane/thread gets the result, so no broadcast step is needed.

@@ -4,15 +4,13 @@
 // the write (a norm that would overflow or underflow takes one more, scaled sweep, as on CPU).
 // When the sample fits in shared memory (kCache), sweep 1 stages it there, so global memory is
 // read once and written once; otherwise sweeps 2 and 3 re-read it from global memory (through L2
-// when the resident samples fit): up to 7 reads + 1 write per element.
+// when the resident samples fit): up to 7 reads + 1 write per element. The formulas are PgdStep's
+// (csrc/pgd_step.h), the ones the CPU kernel runs.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <torch/library.h>
 
-#include <cmath>
-#include <limits>
-
-#include "../common.h"
-#include "../ops.h"
+#include "../pgd_step.h"
 #include "cuda_common.cuh"
 
 namespace ebjdat {
@@ -23,8 +21,7 @@ using namespace ebjdat::cuda;
 template <typename scalar_t>
 __global__ void pgd_step_linf_kernel(const scalar_t* xa, const scalar_t* g, const scalar_t* xo,
                                      scalar_t* out, int64_t n, bool vec, bool project,
-                                     at::opmath_type<scalar_t> step, at::opmath_type<scalar_t> e,
-                                     at::opmath_type<scalar_t> lo, at::opmath_type<scalar_t> hi) {
+                                     PgdStep<at::opmath_type<scalar_t>> op) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t groups = (n + 3) / 4;
   EBJDAT_GROUP_LOOP(c, groups) {
@@ -34,14 +31,8 @@ __global__ void pgd_step_linf_kernel(const scalar_t* xa, const scalar_t* g, cons
     if (project) load4(xo, c, 0, n, vec, ov);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const acc_t sgn = gv[j] > 0 ? acc_t(1) : (gv[j] < 0 ? acc_t(-1) : gv[j]);  // NaN stays NaN
-      acc_t r = av[j] + step * sgn;
-      if (project) {
-        const acc_t o = ov[j];
-        r = clamp_nan(r, o - e, o + e);
-        r = o != o ? o : r;
-      }
-      v[j] = clamp_nan(r, lo, hi);
+      v[j] = project ? op.template linf<true>(av[j], gv[j], ov[j])
+                     : op.template linf<false>(av[j], gv[j], ov[j]);
     }
     store4(out, c, 0, n, vec, v);
   }
@@ -64,8 +55,7 @@ struct Stage {
 template <typename scalar_t, bool kCache>
 __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const scalar_t* xo,
                                    scalar_t* out, int64_t d, bool vec, bool project,
-                                   at::opmath_type<scalar_t> step, at::opmath_type<scalar_t> e,
-                                   at::opmath_type<scalar_t> lo, at::opmath_type<scalar_t> hi) {
+                                   PgdStep<at::opmath_type<scalar_t>> op) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t red[32];
   extern __shared__ __align__(32) unsigned char stage_mem[];
@@ -122,27 +112,25 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
   };
 
   // A norm out of the direct range is summed again, scaled (l2_direct / l2_prescale in
-  // common.h, as the CPU kernel); the values are block-wide, so every thread takes the branch.
-  acc_t gs_scale = 1;
+  // csrc/pgd_step.h); the values are block-wide, so every thread takes the branch.
+  L2Sample<acc_t> k;
   if (!l2_direct(gmax, gss)) {
-    gs_scale = l2_prescale(gmax);
+    k.g_scale = l2_prescale(gmax);
     gss = 0;
     for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
       acc_t gv[4];
       load_g(c, gv);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const acc_t q = gv[j] * gs_scale;
+        const acc_t q = gv[j] * k.g_scale;
         if (lane_on(c, j, start, end)) gss += q * q;
       }
     }
     gss = block_allreduce(gss, SumOp(), red);
   }
-  const acc_t gscale_c = gss == 0 ? acc_t(0) : step / sqrt_d(gss);  // g == 0: no step
+  k.g_coeff = op.l2_coeff(gss);
 
-  // Sweep 2: ||delta|| with delta = x_adv + (g * gs_scale) * gscale_c - x_orig, the same way; the
-  // projection writes x_orig + (delta * t1) * factor.
-  acc_t t1 = 1, factor = 1;
+  // Sweep 2: ||delta|| with delta = l2_stepped - x_orig, the same way.
   if (project) {
     acc_t dss = 0, dmax = 0;
     for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
@@ -150,7 +138,7 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
       load(c, av, gv, ov);  // project: ov is loaded
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const acc_t dv = av[j] + (gv[j] * gs_scale) * gscale_c - ov[j];
+        const acc_t dv = op.l2_stepped(av[j], gv[j], k) - ov[j];
         if (lane_on(c, j, start, end)) {
           dss += dv * dv;
           dmax = max_nan(dmax, dv < 0 ? -dv : dv);
@@ -168,16 +156,13 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
         load(c, av, gv, ov);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const acc_t dv = (av[j] + (gv[j] * gs_scale) * gscale_c - ov[j]) * t;
+          const acc_t dv = (op.l2_stepped(av[j], gv[j], k) - ov[j]) * t;
           if (lane_on(c, j, start, end)) dss += dv * dv;
         }
       }
       dss = block_allreduce(dss, SumOp(), red);
     }
-    const acc_t dn = sqrt_d(dss);    // t * ||delta||
-    const bool outside = dn > e * t;  // e * t may overflow to inf: then it is inside
-    t1 = outside ? t : acc_t(1);
-    factor = outside ? e / dn : (dn != dn ? dn : acc_t(1));
+    op.l2_ball(dss, t, k);
   }
 
   // Sweep 3: step, project, clamp, write.
@@ -186,9 +171,8 @@ __global__ void pgd_step_l2_kernel(const scalar_t* xa, const scalar_t* g, const 
     load(c, av, gv, ov);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      acc_t r = av[j] + (gv[j] * gs_scale) * gscale_c;
-      if (project) r = ov[j] + ((r - ov[j]) * t1) * factor;
-      v[j] = clamp_nan(r, lo, hi);
+      v[j] = project ? op.template l2<true>(av[j], gv[j], ov[j], k)
+                     : op.template l2<false>(av[j], gv[j], ov[j], k);
     }
     store4(out, c, start, end, vec, v);
   }
@@ -206,37 +190,24 @@ size_t stage_bytes(int64_t d, size_t elem, bool project) {
   return bytes + reserve <= limit ? bytes : 0;
 }
 
-}  // namespace
-
-at::Tensor pgd_step_cuda(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
-                         const at::Tensor& x_orig_in, double step_size, std::optional<double> eps,
-                         std::string norm_s, std::optional<double> clamp_min,
-                         std::optional<double> clamp_max) {
-  const PgdStepInputs in = prepare_pgd_step(x_adv_in, grad_in, x_orig_in, step_size, eps, norm_s,
-                                            clamp_min, clamp_max);
-  const at::Tensor &out = in.s.out, &xa = in.x_adv, &g = in.grad, &xo = in.x_orig;
+void pgd_step_into(const PgdStepInputs& in) {
+  const at::Tensor& out = in.s.out;
   const int64_t n = in.s.n, batch = in.s.batch, d = in.s.d;
-  const Norm norm = in.norm;
-  const Bounds& b = in.bounds;
-  if (n == 0) return out;
+  const bool project = in.project();
   const c10::cuda::CUDAGuard guard(out.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pgd_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t step = static_cast<acc_t>(step_size);
-    const bool project = eps.has_value();
-    const acc_t e = static_cast<acc_t>(eps.value_or(0.0));
-    const acc_t lo = static_cast<acc_t>(b.lo);
-    const acc_t hi = static_cast<acc_t>(b.hi);
-    const scalar_t* ap = xa.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* op_ = xo.const_data_ptr<scalar_t>();
+    const PgdStep<acc_t> op = in.step<acc_t>();
+    const scalar_t* ap = in.x_adv.const_data_ptr<scalar_t>();
+    const scalar_t* gp = in.grad.const_data_ptr<scalar_t>();
+    const scalar_t* xo = in.x_orig.const_data_ptr<scalar_t>();
     scalar_t* rp = out.mutable_data_ptr<scalar_t>();
-    const bool vec = aligned4(ap) && aligned4(gp) && aligned4(op_) && aligned4<scalar_t>(rp);
-    if (norm == Norm::kLinf) {
+    const bool vec = aligned4(ap) && aligned4(gp) && aligned4(xo) && aligned4<scalar_t>(rp);
+    if (in.norm == Norm::kLinf) {
       pgd_step_linf_kernel<scalar_t><<<flat_blocks(philox_blocks(n)), kThreads, 0, stream>>>(
-          ap, gp, op_, rp, n, vec, project, step, e, lo, hi);
+          ap, gp, xo, rp, n, vec, project, op);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
@@ -248,15 +219,18 @@ at::Tensor pgd_step_cuda(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
       }
-      kernel<<<item_grid(batch), threads, smem, stream>>>(ap, gp, op_, rp, d, vec, project, step,
-                                                          e, lo, hi);
+      kernel<<<item_grid(batch), threads, smem, stream>>>(ap, gp, xo, rp, d, vec, project, op);
     } else {
       pgd_step_l2_kernel<scalar_t, false><<<item_grid(batch), threads, 0, stream>>>(
-          ap, gp, op_, rp, d, vec, project, step, e, lo, hi);
+          ap, gp, xo, rp, d, vec, project, op);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
 }
 
+}  // namespace
 }  // namespace ebjdat
+
+TORCH_LIBRARY_IMPL(ebjdat, CUDA, m) {
+  m.impl("pgd_step", &ebjdat::pgd_step_kernel<ebjdat::pgd_step_into>);
+}

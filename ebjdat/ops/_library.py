@@ -1,8 +1,9 @@
 """Op registration and backend choice.
 
 Each op `ebjdat::<name>` is defined here from Python, so it exists even without the native
-extension; csrc/register.cpp adds its CPU and CUDA kernels. A twin `ebjdat::<name>_triton` with
-the same schema runs the Triton kernel (on CUDA, or on CPU tensors under TRITON_INTERPRET=1).
+extension; each kernel file of csrc/cpu and csrc/cuda registers its own kernels. A twin
+`ebjdat::<name>_triton` with the same schema runs the Triton kernel (on CUDA, or on CPU tensors
+under TRITON_INTERPRET=1).
 The PyTorch reference is plain Python. `backend(op, device)` picks one per device type:
 native kernel for the device, else Triton on CUDA, else the reference; EBJDAT_BACKEND or
 `use_backend` overrides it.
