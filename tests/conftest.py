@@ -1,16 +1,18 @@
-"""Test setup. TRITON_INTERPRET must be set before triton is imported, so that the Triton
-kernels run on CPU tensors (set any later, kernel launches fail with "0 active drivers");
-ebjdat is imported only after."""
+"""Test setup. Without a GPU, TRITON_INTERPRET must be set before triton is imported, so that
+the Triton kernels run on CPU tensors (set any later, kernel launches fail with "0 active
+drivers"); with one, the Triton tests run the compiled kernels. ebjdat is imported only after."""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.pop("EBJDAT_BACKEND", None)
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(

@@ -142,9 +142,9 @@ def run_ops(args: argparse.Namespace) -> int:
 
     check_range("--min-run-time", args.min_run_time, low=0.0, low_open=True)
     check_range("--threads", args.threads, low=1)
+    json_path = _json_path(args.json)
     device = device_from(args.device)
     check_backends(device)
-    json_path = _json_path(args.json)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     compile_ = (not args.quick) if args.compile is None else args.compile
@@ -217,21 +217,23 @@ def run_step(args: argparse.Namespace) -> int:
     from ebjdat.benchmarks import machine_info
     from ebjdat.benchmarks import step as bench_step
 
-    device = device_from(args.device)
-    check_backends(device)
+    # Every flag is checked before the device, so that a typo is caught on a machine without
+    # the GPU too.
     json_path = _json_path(args.json)
     if args.batch < 2:
         raise UsageError(
             f"--batch must be >= 2 (the official sampler works in chunks of 2), got {args.batch}"
         )
     check_range("--repeats", args.repeats, low=1)
-    graphed = [v for v in args.variants if "cuda-graphs" in v]
-    if graphed and device.type != "cuda":
-        raise UsageError(f"--variants {' '.join(graphed)} needs --device cuda")
     models = ["wrn-10-1"] if args.quick else args.models
     batch = 4 if args.quick else args.batch
     repeats = 1 if args.quick else args.repeats
     _check_step_configs(models, batch, args.set or [], args.variants)
+    device = device_from(args.device)
+    check_backends(device)
+    graphed = [v for v in args.variants if "cuda-graphs" in v]
+    if graphed and device.type != "cuda":
+        raise UsageError(f"--variants {' '.join(graphed)} needs --device cuda")
     if args.nproc is not None:
         return _run_scaling(args, device, models, batch, repeats, json_path)
     machine = machine_info(device)
