@@ -90,10 +90,14 @@ def save_grid(
     min_width: int = MIN_WIDTH,
 ) -> Path:
     """[0, 1] images as one PNG grid (see grid_image); returns the path."""
+    return write_png(grid_image(x01, nrow, row_labels=row_labels, min_width=min_width), path)
+
+
+def write_png(img: torch.Tensor, path: str | Path) -> Path:
+    """A [3, H, W] uint8 image (grid_image's) as a PNG; returns the path."""
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = grid_image(x01, nrow, row_labels=row_labels, min_width=min_width)
     Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
     return path

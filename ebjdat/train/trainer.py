@@ -664,15 +664,14 @@ class Trainer:
             or self.cfg.train.sample_grid <= 0
         ):
             return
-        from ebjdat.grids import grid_image, save_grid
+        from ebjdat.grids import grid_image, write_png
 
         n = min(self.cfg.train.sample_grid, self.buffer.size)
         grid = self.model.from_internal(self.buffer.buffer[:n].float()).clamp(0, 1).cpu()
-        path = self.out / "samples" / f"epoch_{self.state.epoch:04d}.png"
-        save_grid(grid, path, int(math.sqrt(n)) or 1)  # >= ~400 px: 8x8 digits enlarged
+        img = grid_image(grid, int(math.sqrt(n)) or 1)  # >= ~400 px: 8x8 digits enlarged
+        write_png(img, self.out / "samples" / f"epoch_{self.state.epoch:04d}.png")
         if self._writer is not None:
-            self._writer.add_image("replay_buffer", grid_image(grid, int(math.sqrt(n)) or 1),
-                                   self.state.epoch)  # fmt: skip
+            self._writer.add_image("replay_buffer", img, self.state.epoch)
 
     def _record(self, row: dict[str, Any]) -> None:
         """Adds the epoch's row to the history; metrics.jsonl follows with the checkpoint."""
