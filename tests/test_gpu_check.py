@@ -13,23 +13,30 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = ROOT / "scripts" / "gpu_check.py"
+# scripts/ is not a package; the check's modules are the package scripts/gpucheck/ in it.
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
 
-
-@pytest.fixture(scope="module")
-def gc() -> ModuleType:
-    """scripts/ is not a package: load the script by path (registered, as dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("ebjdat_gpu_check_t", GPU_CHECK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from gpucheck import (  # noqa: E402
+    bench_steps,
+    build,
+    cli,
+    config,
+    cuda_tests,
+    main,
+    packages,
+    parsing,
+    plan,
+    runner,
+    steps,
+    timing,
+)
 
 
 def _runs(steps: list) -> set[str]:
@@ -39,49 +46,49 @@ def _runs(steps: list) -> set[str]:
 # -- plan and names -------------------------------------------------------------------------
 
 
-def test_plan(gc: ModuleType) -> None:
-    h100 = gc.Gpu("NVIDIA H100 80GB HBM3", (9, 0))
-    assert h100.arch == "9.0" and gc.slug(h100.name) == "nvidia-h100-80gb-hbm3"
+def test_plan() -> None:
+    h100 = config.Gpu("NVIDIA H100 80GB HBM3", (9, 0))
+    assert h100.arch == "9.0" and plan.slug(h100.name) == "nvidia-h100-80gb-hbm3"
     gpu_steps = {"cuda-tests", "cuda-sanitizer", "cuda-ops", "cuda-step", "cuda-ops-compile"}
-    assert _runs(gc.plan(h100)) == {"build", *gpu_steps, "write-results"}
-    assert _runs(gc.plan(h100, skip_build=True)) == {*gpu_steps, "write-results"}
-    assert _runs(gc.plan(None)) == {"cpu-bench"}
-    assert _runs(gc.plan(h100, cpu_only=True, write_cpu=True)) == {"cpu-bench", "write-results"}
+    assert _runs(plan.plan(h100)) == {"build", *gpu_steps, "write-results"}
+    assert _runs(plan.plan(h100, skip_build=True)) == {*gpu_steps, "write-results"}
+    assert _runs(plan.plan(None)) == {"cpu-bench"}
+    assert _runs(plan.plan(h100, cpu_only=True, write_cpu=True)) == {"cpu-bench", "write-results"}
     # Split over shorter runs: "tests" holds the CUDA tests and the sanitizer, "ops" both op
     # benchmark steps.
-    split = gc.plan(h100, skip_build=True, skip=["tests", "ops"])
+    split = plan.plan(h100, skip_build=True, skip=["tests", "ops"])
     assert _runs(split) == {"cuda-step", "write-results"}
     why = {s.name: s.why for s in split}
     assert why["cuda-ops"] == why["cuda-ops-compile"] == "--skip ops"
     assert why["cuda-sanitizer"] == "--skip tests"
-    eight = gc.Gpu("NVIDIA H100 80GB HBM3", (9, 0), count=8)
-    assert "cuda-scaling" in _runs(gc.plan(eight))
-    assert {s.name: s.why for s in gc.plan(h100)}["cuda-scaling"] == "fewer than 2 GPUs"
+    eight = config.Gpu("NVIDIA H100 80GB HBM3", (9, 0), count=8)
+    assert "cuda-scaling" in _runs(plan.plan(eight))
+    assert {s.name: s.why for s in plan.plan(h100)}["cuda-scaling"] == "fewer than 2 GPUs"
     # A rehearsal plans as on the GPU machine (whatever --cpu-only says) and writes results
     # only when asked.
-    rehearsal = gc.plan(gc.REHEARSAL_GPU, cpu_only=True, rehearse=True, write=False)
+    rehearsal = plan.plan(config.REHEARSAL_GPU, cpu_only=True, rehearse=True, write=False)
     assert _runs(rehearsal) == {"build", *gpu_steps}
-    assert gc.REHEARSAL_GPU.arch == "9.0" and gc.REHEARSAL_GPU.count == 1
+    assert config.REHEARSAL_GPU.arch == "9.0" and config.REHEARSAL_GPU.count == 1
 
 
-def test_results_names_are_stable(gc: ModuleType) -> None:
-    h100 = gc.Gpu("NVIDIA H100 80GB HBM3", (9, 0))
-    eight = gc.Gpu("NVIDIA H100 80GB HBM3", (9, 0), count=8)
+def test_results_names_are_stable() -> None:
+    h100 = config.Gpu("NVIDIA H100 80GB HBM3", (9, 0))
+    eight = config.Gpu("NVIDIA H100 80GB HBM3", (9, 0), count=8)
     day = "2026-11-25"
-    assert gc.results_name(h100, "gpu", day, []) == "nvidia-h100-80gb-hbm3-2026-11-25.json"
-    assert gc.results_name(h100, "gpu", day, ["tests", "ops"]) == (
+    assert plan.results_name(h100, "gpu", day, []) == "nvidia-h100-80gb-hbm3-2026-11-25.json"
+    assert plan.results_name(h100, "gpu", day, ["tests", "ops"]) == (
         "nvidia-h100-80gb-hbm3-2026-11-25-step.json"
     )
-    assert gc.results_name(eight, "gpu", day, ["scaling"]) == (
+    assert plan.results_name(eight, "gpu", day, ["scaling"]) == (
         "nvidia-h100-80gb-hbm3-2026-11-25-tests-ops-step.json"
     )
-    assert gc.results_name(None, "cpu", day, []) == "cpu-2026-11-25.json"
-    assert gc.results_name(gc.REHEARSAL_GPU, "rehearsal", day, []) == (
+    assert plan.results_name(None, "cpu", day, []) == "cpu-2026-11-25.json"
+    assert plan.results_name(config.REHEARSAL_GPU, "rehearsal", day, []) == (
         "rehearsal-h200-2026-11-25.json"
     )
 
 
-def test_goal_verdict(gc: ModuleType) -> None:
+def test_goal_verdict() -> None:
     copy = {"gbps": 100.0, "numel": 1 << 24}
     rows = [
         {"op": "a", "shape": [1 << 24], "dtype": "float32", "impl": "fused", "numel": 1 << 24,
@@ -90,12 +97,12 @@ def test_goal_verdict(gc: ModuleType) -> None:
         {"op": "a", "shape": [1 << 24], "dtype": "float32", "impl": "eager", "numel": 1 << 24,
          "gbps": 10.0},
     ]  # fmt: skip
-    goal = gc.bandwidth_goal({"machine": {"copy": copy}, "rows": rows})
+    goal = bench_steps.bandwidth_goal({"machine": {"copy": copy}, "rows": rows})
     assert goal["met"] is True
     assert [c["judged"] for c in goal["cases"]] == [True, False]
     assert goal["cases"][0]["frac_of_copy"] == pytest.approx(0.9)
     rows[0]["gbps"] = 80.0
-    assert gc.bandwidth_goal({"machine": {"copy": copy}, "rows": rows})["met"] is False
+    assert bench_steps.bandwidth_goal({"machine": {"copy": copy}, "rows": rows})["met"] is False
 
 
 # -- junit XML ------------------------------------------------------------------------------
@@ -132,15 +139,13 @@ type="pytest.skip">
 """
 
 
-def test_junit_becomes_a_per_test_table(
-    gc: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_junit_becomes_a_per_test_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "tests").mkdir()
     for name in ("test_a.py", "test_b.py"):
         (tmp_path / "tests" / name).write_text("")
     xml = tmp_path / "j.xml"
     xml.write_text(JUNIT)
-    parsed = gc.parse_junit(xml, root=tmp_path)
+    parsed = parsing.parse_junit(xml, root=tmp_path)
     assert (parsed["tests"], parsed["passed"], parsed["failed"], parsed["error"],
             parsed["skipped"]) == (6, 1, 1, 1, 3)  # fmt: skip
     ok, fail, err, skip, xfail, module = parsed["cases"]
@@ -161,21 +166,21 @@ def test_junit_becomes_a_per_test_table(
     assert xfail["reason"] == "xfail: known"
     assert module["name"] == "tests/test_b.py"
     assert module["reason"] == "could not import 'tomli_w': No module named 'tomli_w'"
-    gc.print_tests(parsed)
+    parsing.print_tests(parsed)
     printed = capsys.readouterr().out
     assert "FAILED" in printed and "ERROR" in printed
     assert "at tests/test_a.py:12: AssertionError" in printed
     assert "1 passed, 1 failed, 1 errors, 3 skipped" in printed
 
 
-def test_verbose_output_stands_in_for_a_missing_junit(gc: ModuleType) -> None:
+def test_verbose_output_stands_in_for_a_missing_junit() -> None:
     text = (
         "collecting ... collected 3 items\n"
         "tests/test_cuda.py::test_a[x] PASSED                [ 33%]\n"
         "tests/test_cuda.py::test_b FAILED                   [ 66%]\n"
         "tests/test_cuda.py::test_c SKIPPED (needs a GPU)    [100%]\n"
     )
-    parsed = gc.parse_verbose(text)
+    parsed = parsing.parse_verbose(text)
     assert [(c["name"], c["outcome"]) for c in parsed["cases"]] == [
         ("tests/test_cuda.py::test_a[x]", "passed"),
         ("tests/test_cuda.py::test_b", "failed"),
@@ -204,40 +209,40 @@ call pgd_step l2: NOT FINITE
 """
 
 
-def test_sanitizer_output(gc: ModuleType) -> None:
-    clean = gc.parse_sanitizer(CLEAN)
+def test_sanitizer_output() -> None:
+    clean = parsing.parse_sanitizer(CLEAN)
     assert clean["errors"] == 0 and clean["all_calls_ok"] and clean["first_reports"] == []
     assert clean["calls"] == ["sgld_step", "pgd_step l2"]
-    dirty = gc.parse_sanitizer(DIRTY)
+    dirty = parsing.parse_sanitizer(DIRTY)
     assert dirty["errors"] == 2 and not dirty["all_calls_ok"]
     assert dirty["first_reports"][0] == "========= Invalid __global__ read of size 4 bytes"
     assert len(dirty["first_reports"]) == 4
     assert dirty["calls"] == ["sgld_step"] and dirty["not_finite"] == ["pgd_step l2"]
     assert dirty["memory_errors"] == 2 and dirty["api_errors"] == 0
-    api = gc.parse_sanitizer(
+    api = parsing.parse_sanitizer(
         "========= Program hit cudaErrorInvalidValue (error 1) due to invalid argument on CUDA "
         "API call to cudaGetDriverEntryPoint.\n=========\n========= ERROR SUMMARY: 1 error\n"
     )
     assert (api["errors"], api["api_errors"], api["memory_errors"]) == (1, 1, 0)
-    assert gc.parse_sanitizer("Segmentation fault\n")["errors"] is None  # never got there
-    assert gc.parse_sanitizer("========= ERROR SUMMARY: 1 error\n")["errors"] == 1
+    assert parsing.parse_sanitizer("Segmentation fault\n")["errors"] is None  # never got there
+    assert parsing.parse_sanitizer("========= ERROR SUMMARY: 1 error\n")["errors"] == 1
 
 
 def test_sanitizer_is_found_in_the_toolkit_first(
-    gc: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
-    assert gc.find_sanitizer(str(tmp_path)) is None
+    assert build.find_sanitizer(str(tmp_path)) is None
     tool = tmp_path / "compute-sanitizer" / "compute-sanitizer"  # the older layout
     tool.parent.mkdir()
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
-    assert gc.find_sanitizer(str(tmp_path)) == str(tool)
+    assert build.find_sanitizer(str(tmp_path)) == str(tool)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "compute-sanitizer").write_text("#!/bin/sh\n")
     (tmp_path / "bin" / "compute-sanitizer").chmod(0o755)
-    assert gc.find_sanitizer(str(tmp_path)) == str(tmp_path / "bin" / "compute-sanitizer")
-    cmd = gc.sanitizer_command("/t/compute-sanitizer", "triton")
+    assert build.find_sanitizer(str(tmp_path)) == str(tmp_path / "bin" / "compute-sanitizer")
+    cmd = cuda_tests.sanitizer_command("/t/compute-sanitizer", "triton")
     assert cmd[:3] == ["/t/compute-sanitizer", "--tool", "memcheck"]
     assert cmd[-4:] == ["--device", "cuda", "--backend", "triton"]
 
@@ -253,21 +258,21 @@ class Clock:
         return self.now
 
 
-def test_budget_holds_time_for_later_steps(gc: ModuleType) -> None:
+def test_budget_holds_time_for_later_steps() -> None:
     clock = Clock()
     later = ["cuda-tests", "cuda-sanitizer", "cuda-ops", "cuda-step", "cuda-ops-compile"]
-    budget = gc.Budget(540, used_s=100, clock=clock)  # a pip install took 100 s already
+    budget = timing.Budget(540, used_s=100, clock=clock)  # a pip install took 100 s already
     assert budget.left() == pytest.approx(440)
-    held = sum(gc.TIMING[n].min_s for n in later if not gc.TIMING[n].optional)
+    held = sum(config.TIMING[n].min_s for n in later if not config.TIMING[n].optional)
     timeout, why = budget.timeout("build", later)
-    assert why == "" and timeout == pytest.approx(440 - held - gc.MARGIN_S)
+    assert why == "" and timeout == pytest.approx(440 - held - config.MARGIN_S)
     # Capped steps never take more than their cap.
-    timeout, _ = gc.Budget(10_000, clock=clock).timeout("cuda-tests", [])
-    assert timeout == gc.TIMING["cuda-tests"].cap_s
+    timeout, _ = timing.Budget(10_000, clock=clock).timeout("cuda-tests", [])
+    assert timeout == config.TIMING["cuda-tests"].cap_s
     # The last required step gets the rest; the optional one after it holds nothing back.
     clock.now += 200
     timeout, _ = budget.timeout("cuda-step", ["cuda-ops-compile"])
-    assert timeout == pytest.approx(240 - gc.MARGIN_S)
+    assert timeout == pytest.approx(240 - config.MARGIN_S)
     # Too little left: skipped, with the reason.
     clock.now += 200
     timeout, why = budget.timeout("cuda-step", [])
@@ -275,32 +280,32 @@ def test_budget_holds_time_for_later_steps(gc: ModuleType) -> None:
     assert "40 s of the 540 s budget left" in why and "cuda-step needs >= 90 s" in why
 
 
-def test_one_shot_commands(gc: ModuleType) -> None:
-    assert gc._one_shot(["bash", "-c", "pip install . && python x.py"])
-    assert gc._one_shot(["/bin/sh", "-ec", "x"])
-    assert gc._one_shot(["bash", "--norc", "-lc", "x"])
-    assert gc._one_shot(["timeout", "600", "bash", "-c", "x"])
-    assert not gc._one_shot(["-bash"])  # a login shell
-    assert not gc._one_shot(["bash", "script.sh", "-c"])
-    assert not gc._one_shot(["python", "-c", "x"])
-    assert not gc._one_shot([])
+def test_one_shot_commands() -> None:
+    assert timing._one_shot(["bash", "-c", "pip install . && python x.py"])
+    assert timing._one_shot(["/bin/sh", "-ec", "x"])
+    assert timing._one_shot(["bash", "--norc", "-lc", "x"])
+    assert timing._one_shot(["timeout", "600", "bash", "-c", "x"])
+    assert not timing._one_shot(["-bash"])  # a login shell
+    assert not timing._one_shot(["bash", "script.sh", "-c"])
+    assert not timing._one_shot(["python", "-c", "x"])
+    assert not timing._one_shot([])
 
 
-def test_budget_counts_from_the_enclosing_command(
-    gc: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_budget_counts_from_the_enclosing_command(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under `sh -c "pip install ...; python gpu_check.py"` the install counts against the
     budget: the age of the one-shot shell, when it is the parent."""
     shell = subprocess.Popen(["bash", "-c", "sleep 1.5; sleep 30; true"])
     try:
         time.sleep(1.6)
-        real_age = gc._process_age
-        monkeypatch.setattr(gc, "_process_age", lambda pid: 0.5 if pid == "self" else real_age(pid))
-        monkeypatch.setattr(gc.os, "getppid", lambda: shell.pid)
-        age, what = gc.command_age()
+        real_age = timing._process_age
+        monkeypatch.setattr(
+            timing, "_process_age", lambda pid: 0.5 if pid == "self" else real_age(pid)
+        )
+        monkeypatch.setattr(timing.os, "getppid", lambda: shell.pid)
+        age, what = timing.command_age()
         assert age >= 1.5 and what == f"bash -c, pid {shell.pid}"
-        monkeypatch.setattr(gc.os, "getppid", lambda: 1)  # not a one-shot command
-        assert gc.command_age() == (0.5, "this process")
+        monkeypatch.setattr(timing.os, "getppid", lambda: 1)  # not a one-shot command
+        assert timing.command_age() == (0.5, "this process")
         assert real_age(shell.pid) >= 1.5 and real_age("self") > 0
     finally:
         shell.kill()
@@ -316,7 +321,7 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-def test_a_subprocess_over_its_time_is_killed_and_reported(gc: ModuleType, tmp_path: Path) -> None:
+def test_a_subprocess_over_its_time_is_killed_and_reported(tmp_path: Path) -> None:
     log = tmp_path / "sleep.log"
     child = tmp_path / "child.pid"
     code = (  # the grandchild must go too: the whole process group is signalled
@@ -326,7 +331,7 @@ def test_a_subprocess_over_its_time_is_killed_and_reported(gc: ModuleType, tmp_p
         "print('started', flush=True); time.sleep(60)"
     )
     start = time.monotonic()
-    run = gc.run_logged([sys.executable, "-c", code], echo=False, log=log, timeout=2, grace=2)
+    run = runner.run_logged([sys.executable, "-c", code], echo=False, log=log, timeout=2, grace=2)
     assert time.monotonic() - start < 20
     assert run.timed_out and run.rc != 0
     assert run.tail[0] == "started" and "timed out after 2 s" in run.tail[-1]
@@ -335,21 +340,21 @@ def test_a_subprocess_over_its_time_is_killed_and_reported(gc: ModuleType, tmp_p
     assert _gone(int(child.read_text()))
     # One that ignores SIGINT gets SIGKILL after the grace period.
     stubborn = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
-    run = gc.run_logged([sys.executable, "-c", stubborn], echo=False, timeout=1, grace=1)
+    run = runner.run_logged([sys.executable, "-c", stubborn], echo=False, timeout=1, grace=1)
     assert run.timed_out and run.rc == -9
     # In time: not timed out, the exit code as is.
-    run = gc.run_logged([sys.executable, "-c", "print('hi'); raise SystemExit(3)"], echo=False,
+    run = runner.run_logged([sys.executable, "-c", "print('hi'); raise SystemExit(3)"], echo=False,
                         timeout=60)  # fmt: skip
     assert (run.rc, run.tail, run.timed_out) == (3, ["hi"], False)
-    assert gc.run_logged(["/nonexistent/tool"], echo=False).rc is None
+    assert runner.run_logged(["/nonexistent/tool"], echo=False).rc is None
 
 
 # -- the simulated package set --------------------------------------------------------------
 
 
-def test_import_blocker(gc: ModuleType, tmp_path: Path) -> None:
-    blocker = gc.write_import_blocker(tmp_path / "blocker")
-    env = gc.blocked_env(dict(os.environ, PYTHONPATH="/some/where"), blocker)
+def test_import_blocker(tmp_path: Path) -> None:
+    blocker = packages.write_import_blocker(tmp_path / "blocker")
+    env = packages.blocked_env(dict(os.environ, PYTHONPATH="/some/where"), blocker)
     assert env["PYTHONPATH"].split(os.pathsep) == [str(blocker), "/some/where"]
     code = (
         "import importlib.metadata, importlib.util, json\n"
@@ -402,39 +407,39 @@ RuntimeError: Found no NVIDIA driver on your system. Please check that you have 
         ("some output\nand nothing else", "none"),
     ],
 )  # fmt: skip
-def test_cuda_availability_classifier(gc: ModuleType, output: str, kind: str) -> None:
+def test_cuda_availability_classifier(output: str, kind: str) -> None:
     lines = output.splitlines()
-    assert gc.classify_failure(lines)[0] == kind
-    verdict, why = gc.judge_cuda_stop(gc.Run(1, lines, 1.0))
+    assert parsing.classify_failure(lines)[0] == kind
+    verdict, why = parsing.judge_cuda_stop(runner.Run(1, lines, 1.0))
     assert verdict is (kind == "cuda-unavailable"), why
     if verdict:
         assert why.startswith("reached the first CUDA call")
 
 
-def test_a_cuda_command_must_stop_at_the_first_cuda_call(gc: ModuleType) -> None:
-    ok, why = gc.judge_cuda_stop(gc.Run(0, ["all done"], 1.0))
+def test_a_cuda_command_must_stop_at_the_first_cuda_call() -> None:
+    ok, why = parsing.judge_cuda_stop(runner.Run(0, ["all done"], 1.0))
     assert not ok and "without a GPU" in why  # it ran, so it never touched CUDA
-    ok, why = gc.judge_cuda_stop(gc.Run(-9, NO_DRIVER.splitlines(), 9.0, timed_out=True))
+    ok, why = parsing.judge_cuda_stop(runner.Run(-9, NO_DRIVER.splitlines(), 9.0, timed_out=True))
     assert not ok and "timed out" in why
 
 
 # -- the build decision ---------------------------------------------------------------------
 
 
-def test_rebuild_reason(gc: ModuleType, tmp_path: Path) -> None:
+def test_rebuild_reason(tmp_path: Path) -> None:
     (tmp_path / "csrc").mkdir()
     source = tmp_path / "csrc" / "k.cu"
     source.write_text("")
     (tmp_path / "setup.py").write_text("")
     os.utime(source, (1000, 1000))
     os.utime(tmp_path / "setup.py", (1000, 1000))
-    h200 = gc.Gpu("H200", (9, 0))
+    h200 = config.Gpu("H200", (9, 0))
     kernels = dict.fromkeys(["energy_head", "pgd_init", "pgd_step", "sgld_step"], True)
     fresh = {"build_info": {"kind": "cuda", "cuda_arch_list": "9.0+PTX"}, "loaded": True,
              "cuda_kernels": kernels, "so": "/x/_C.so", "so_mtime": 2000.0}  # fmt: skip
-    assert gc.rebuild_reason(fresh, h200, tmp_path) is None
+    assert build.rebuild_reason(fresh, h200, tmp_path) is None
     visible = dict(fresh, build_info={"kind": "cuda", "cuda_arch_list": "(visible GPU)"})
-    assert gc.rebuild_reason(visible, h200, tmp_path) is None  # pip install on that machine
+    assert build.rebuild_reason(visible, h200, tmp_path) is None  # pip install on that machine
     cases = [
         ({"error": "ebjdat does not import: boom"}, "boom"),
         (dict(fresh, loaded=False, reason="undefined symbol"), "undefined symbol"),
@@ -444,13 +449,13 @@ def test_rebuild_reason(gc: ModuleType, tmp_path: Path) -> None:
         (dict(fresh, so_mtime=500.0), "csrc/k.cu is newer"),
     ]
     for probe, expected in cases:
-        assert expected in gc.rebuild_reason(probe, h200, tmp_path)
-    env = gc.build_env(h200, None, "/usr/local/cuda")
+        assert expected in build.rebuild_reason(probe, h200, tmp_path)
+    env = build.build_env(h200, None, "/usr/local/cuda")
     assert env["TORCH_CUDA_ARCH_LIST"] == "9.0" and env["EBJDAT_BUILD_CUDA"] == "1"
     assert env["MAX_JOBS"] == str(os.cpu_count())
 
 
-def test_tree_copy_holds_what_a_device_machine_receives(gc: ModuleType, tmp_path: Path) -> None:
+def test_tree_copy_holds_what_a_device_machine_receives(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "csrc").mkdir(parents=True)
     for name, text in [("setup.py", "x"), ("csrc/a.cu", "a"), ("csrc/gone.h", "g"),
@@ -463,20 +468,20 @@ def test_tree_copy_holds_what_a_device_machine_receives(gc: ModuleType, tmp_path
     (repo / "csrc" / "gone.h").unlink()  # deleted in the working tree: left out
     (repo / "csrc" / "new.h").write_text("n")  # untracked, not ignored: copied
     (repo / "csrc" / "_C.so").write_text("")  # ignored: left out
-    assert gc.tree_files(repo) == [".gitignore", "csrc/a.cu", "csrc/new.h", "setup.py"]
-    assert gc.copy_tree(tmp_path / "copy", repo) == 4
+    assert build.tree_files(repo) == [".gitignore", "csrc/a.cu", "csrc/new.h", "setup.py"]
+    assert build.copy_tree(tmp_path / "copy", repo) == 4
     assert (tmp_path / "copy" / "csrc" / "new.h").read_text() == "n"
 
 
-def test_wheel_contents(gc: ModuleType, tmp_path: Path) -> None:
-    assert not gc.wheel_build(tmp_path)["ok"]
+def test_wheel_contents(tmp_path: Path) -> None:
+    assert not build.wheel_build(tmp_path)["ok"]
     with zipfile.ZipFile(tmp_path / "ebjdat-0.1.0-cp312-cp312-linux_x86_64.whl", "w") as zf:
         zf.writestr("ebjdat/_C.cpython-312-x86_64-linux-gnu.so", b"")
         zf.writestr(
             "ebjdat/_build_info.py",
             "\"\"\"x\"\"\"\n\nBUILD = {'kind': 'cuda', 'cuda_arch_list': '9.0'}\n",
         )
-    wheel = gc.wheel_build(tmp_path)
+    wheel = build.wheel_build(tmp_path)
     assert wheel["ok"] and wheel["extension"] == "ebjdat/_C.cpython-312-x86_64-linux-gnu.so"
     assert wheel["build_info"] == {"kind": "cuda", "cuda_arch_list": "9.0"}
 
@@ -517,14 +522,16 @@ def test_rehearsal(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a rehearsal needs a machine without a GPU")
-def test_rehearsal_fails_on_what_would_fail_on_the_gpu(gc: ModuleType, tmp_path: Path) -> None:
+def test_rehearsal_fails_on_what_would_fail_on_the_gpu(tmp_path: Path) -> None:
     """The rehearsed step benchmark: its command gets to the first CUDA call, but a model name
     that does not parse would only fail on the GPU (ebjdat-bench checks the device first); the
     rehearsal checks the names as well and fails the step, naming the model."""
-    args = gc.parse_args(["--rehearse", "--step-models", "wrn-28-10", "wrn-28-1O"])
-    env = gc.blocked_env(dict(os.environ), gc.write_import_blocker(tmp_path / "blocker"))
-    ctx = gc.Context(args, gc.REHEARSAL_GPU, tmp_path, True, env, None)
-    info = gc.step_step(ctx, 120)
+    args = cli.parse_args(["--rehearse", "--step-models", "wrn-28-10", "wrn-28-1O"])
+    env = packages.blocked_env(
+        dict(os.environ), packages.write_import_blocker(tmp_path / "blocker")
+    )
+    ctx = steps.Context(args, config.REHEARSAL_GPU, tmp_path, True, env, None)
+    info = bench_steps.step_step(ctx, 120)
     assert not info["ok"]
     assert info["rehearsal"].startswith("reached the first CUDA call: ebjdat-bench: error: ")
     assert "but the models do not parse" in info["rehearsal"] and "wrn-28-1O" in info["rehearsal"]
@@ -598,9 +605,7 @@ def _fake_sanitizer(path: Path, errors: int) -> str:
     return str(path)
 
 
-def _stand_ins(
-    gc: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
-) -> None:
+def _stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool) -> None:
     """A machine with two GPUs as main() sees it, everything after the build a stand-in: a
     fresh CUDA build, an ebjdat-bench writing canned results, a small test file for
     `pytest -m cuda`, a compute-sanitizer printing a canned report."""
@@ -614,12 +619,14 @@ def _stand_ins(
     probe = {"build_info": {"kind": "cuda", "cuda_arch_list": "(visible GPU)"}, "loaded": True,
              "cuda_kernels": kernels, "so": "/x/_C.so", "so_mtime": time.time() + 1e6,
              "ebjdat": "0.1.0"}  # fmt: skip
-    monkeypatch.setattr(gc, "detect_gpu", lambda: gc.Gpu("Fake H200", (9, 0), 2, 139.8))
-    monkeypatch.setattr(gc, "probe_installed", lambda env, timeout=120: probe)
-    monkeypatch.setattr(gc, "find_sanitizer", lambda cuda_home: tool)
-    monkeypatch.setattr(gc, "_bench", lambda args: [sys.executable, str(bench), *args])
+    monkeypatch.setattr(main, "detect_gpu", lambda: config.Gpu("Fake H200", (9, 0), 2, 139.8))
+    for module in (main, steps):  # where probe_installed is looked up
+        monkeypatch.setattr(module, "probe_installed", lambda env, timeout=120: probe)
+    for module in (cuda_tests, packages):  # where find_sanitizer is looked up
+        monkeypatch.setattr(module, "find_sanitizer", lambda cuda_home: tool)
+    monkeypatch.setattr(bench_steps, "_bench", lambda args: [sys.executable, str(bench), *args])
     monkeypatch.setattr(
-        gc, "pytest_command",
+        cuda_tests, "pytest_command",
         lambda xml: [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider",
                      f"--junitxml={xml}"],
     )  # fmt: skip
@@ -627,7 +634,6 @@ def _stand_ins(
 
 @pytest.mark.parametrize("broken", [False, True], ids=["clean", "broken"])
 def test_gpu_branches_with_stand_ins(
-    gc: ModuleType,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -636,17 +642,17 @@ def test_gpu_branches_with_stand_ins(
     """main() on the stand-ins: the real result handling, tables and summary of every step that
     a rehearsal cannot reach, for a clean run and for one with a failing test and sanitizer
     errors."""
-    _stand_ins(gc, tmp_path, monkeypatch, broken)
+    _stand_ins(tmp_path, monkeypatch, broken)
     out = tmp_path / "out"
-    rc = gc.main(["--out-dir", str(out), "--budget-from", "now"])
+    rc = main.main(["--out-dir", str(out), "--budget-from", "now"])
     printed = capsys.readouterr().out
     (written,) = out.glob("fake-h200-*.json")
     results = json.loads(written.read_text())
     assert results["complete"] and results["kind"] == "gpu"
     status = {e["step"]: e["status"] for e in results["timeline"]}
-    steps = ["build", "cuda-tests", "cuda-sanitizer", "cuda-ops", "cuda-step", "cuda-scaling",
+    order = ["build", "cuda-tests", "cuda-sanitizer", "cuda-ops", "cuda-step", "cuda-scaling",
              "cuda-ops-compile"]  # fmt: skip
-    assert list(status) == steps
+    assert list(status) == order
     assert results["build"]["reused"] is True
     assert results["goal"]["met"] is True and "bandwidth goal met" in printed
     assert [r["impl"] for r in results["step"]["rows"]] == ["official", "ebjdat", "ebjdat+bf16"]
@@ -673,20 +679,19 @@ def test_gpu_branches_with_stand_ins(
 
 
 def test_gpu_branches_with_stand_ins_survive_a_bug_in_a_step(
-    gc: ModuleType,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A bug in one step of gpu_check.py itself is recorded as that step's failure, with its
     traceback, and the later steps still run."""
-    _stand_ins(gc, tmp_path, monkeypatch, broken=False)
+    _stand_ins(tmp_path, monkeypatch, broken=False)
 
     def boom(ctx: object, timeout: float) -> dict:
         return {}["rows"]
 
-    monkeypatch.setitem(gc.STEPS, "cuda-ops", boom)
-    assert gc.main(["--out-dir", str(tmp_path / "out"), "--budget-from", "now"]) == 1
+    monkeypatch.setitem(main.STEPS, "cuda-ops", boom)
+    assert main.main(["--out-dir", str(tmp_path / "out"), "--budget-from", "now"]) == 1
     (written,) = (tmp_path / "out").glob("fake-h200-*.json")
     results = json.loads(written.read_text())
     timeline = {e["step"]: e for e in results["timeline"]}
