@@ -523,9 +523,9 @@ def test_rehearsal(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a rehearsal needs a machine without a GPU")
 def test_rehearsal_fails_on_what_would_fail_on_the_gpu(tmp_path: Path) -> None:
-    """The rehearsed step benchmark: its command gets to the first CUDA call, but a model name
-    that does not parse would only fail on the GPU (ebjdat-bench checks the device first); the
-    rehearsal checks the names as well and fails the step, naming the model."""
+    """The rehearsed step benchmark with a model name that does not parse: ebjdat-bench checks
+    its flags before the device, so the command stops before any CUDA call, and the rehearsal
+    fails the step, naming the model."""
     args = cli.parse_args(["--rehearse", "--step-models", "wrn-28-10", "wrn-28-1O"])
     env = packages.blocked_env(
         dict(os.environ), packages.write_import_blocker(tmp_path / "blocker")
@@ -533,7 +533,7 @@ def test_rehearsal_fails_on_what_would_fail_on_the_gpu(tmp_path: Path) -> None:
     ctx = steps.Context(args, config.REHEARSAL_GPU, tmp_path, True, env, None)
     info = bench_steps.step_step(ctx, 120)
     assert not info["ok"]
-    assert info["rehearsal"].startswith("reached the first CUDA call: ebjdat-bench: error: ")
+    assert info["rehearsal"].startswith("exit 2 before any CUDA call: ebjdat-bench: error: ")
     assert "but the models do not parse" in info["rehearsal"] and "wrn-28-1O" in info["rehearsal"]
     assert "--models wrn-28-10 wrn-28-1O --batch 64" in info["command"]
 
