@@ -71,6 +71,11 @@ class Gpu:
         """TORCH_CUDA_ARCH_LIST for exactly this GPU: the fastest build, nothing to spare."""
         return f"{self.capability[0]}.{self.capability[1]}"
 
+    def describe(self) -> dict:
+        """The GPU as the results JSON records it."""
+        return {"name": self.name, "capability": self.arch, "count": self.count,
+                "memory_gib": self.memory_gib}  # fmt: skip
+
 
 REHEARSAL_GPU = Gpu("rehearsal H200", (9, 0), 1, 139.8)
 

@@ -177,14 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0
         results: dict = {
             "kind": kind,
             "date": today,
-            "gpu": None
-            if gpu is None
-            else {
-                "name": gpu.name,
-                "capability": gpu.arch,
-                "count": gpu.count,
-                "memory_gib": gpu.memory_gib,
-            },
+            "gpu": None if gpu is None else gpu.describe(),
             "torch": torch.__version__,
             "torch_cuda": torch.version.cuda,
             "versions": versions,

@@ -126,15 +126,7 @@ def collect_versions(gpu: Gpu | None, cuda_home: str | None, probe: dict, rehear
         "nvcc": nvcc_version(cuda_home),
         "driver": smi.get("driver") if isinstance(smi, dict) else smi,
         "nvidia_smi": smi,
-        "gpu": None
-        if gpu is None
-        else {
-            "name": gpu.name,
-            "capability": gpu.arch,
-            "count": gpu.count,
-            "memory_gib": gpu.memory_gib,
-            "simulated": rehearse,
-        },
+        "gpu": None if gpu is None else {**gpu.describe(), "simulated": rehearse},
         "ebjdat": probe.get("ebjdat"),
         "ebjdat_build": probe.get("build_info"),
         "ebjdat_native_loaded": probe.get("loaded"),
