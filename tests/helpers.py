@@ -152,3 +152,31 @@ def checkpoint_iteration(last: Path) -> int:
         return int(checkpoint.load(last)["progress"]["iteration"])
     except checkpoint.CheckpointError:
         return -1
+
+
+# The smallest digits run the evaluation tests train on: a few seconds per epoch.
+SMOKE_RUN = (
+    "model.arch=wrn-10-1",
+    "sgld.buffer_size=128",
+    "sgld.steps=2",
+    "adv.steps=1",
+    "train.eval_limit=32",
+    "train.eval_steps=2",
+    "optim.warmup_iters=0",
+    "data.batch_size=128",
+    "data.labelled_batch_size=128",
+    "train.sample_grid=0",
+)
+
+
+def train_smoke_run(run: Path, preset: str = "digits", epochs: int = 1) -> Path:
+    """Trains `preset` with SMOKE_RUN into `run` (seed 0); returns RUN/checkpoints/last.pt."""
+    from ebjdat.train import config
+    from ebjdat.train.trainer import Trainer
+
+    cfg = config.load_preset(preset)
+    for assignment in (*SMOKE_RUN, f"train.epochs={epochs}"):
+        config.override(cfg, assignment)
+    torch.manual_seed(0)
+    Trainer(config=cfg.validate(), out_dir=run, progress_bar=False, log=lambda m: None).fit()
+    return run / "checkpoints" / "last.pt"

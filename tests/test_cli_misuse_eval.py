@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_smoke_run
 from misuse import Case, check_misuse, demotion, tree_state
 
 from ebjdat import checkpoint
@@ -29,22 +30,7 @@ from ebjdat.cli import bench as bench_cli
 from ebjdat.cli import eval as eval_cli
 from ebjdat.cli import sample as sample_cli
 from ebjdat.ops import _library
-from ebjdat.train import config
-from ebjdat.train.trainer import Trainer
 
-TINY = [
-    "model.arch=wrn-10-1",
-    "sgld.buffer_size=128",
-    "sgld.steps=2",
-    "adv.steps=1",
-    "train.eval_limit=32",
-    "train.eval_steps=2",
-    "optim.warmup_iters=0",
-    "data.batch_size=128",
-    "data.labelled_batch_size=128",
-    "train.sample_grid=0",
-    "train.epochs=1",
-]
 FAST = ("--device", "cpu", "--no-progress")
 MAINS: dict[str, Callable[[list[str]], int | None]] = {
     "ebjdat-eval": eval_cli.run,
@@ -58,12 +44,7 @@ BIG_SEED = str(2**70)
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One digits run trained for one short epoch: RUN/checkpoints/last.pt, RUN/metrics.jsonl."""
     run = tmp_path_factory.mktemp("run")
-    cfg = config.load_preset("digits")
-    for assignment in TINY:
-        config.override(cfg, assignment)
-    torch.manual_seed(0)
-    Trainer(config=cfg.validate(), out_dir=run, progress_bar=False, log=lambda m: None).fit()
-    assert (run / "checkpoints" / "last.pt").is_file()
+    assert train_smoke_run(run).is_file()
     return run
 
 

@@ -13,38 +13,16 @@ from types import ModuleType
 
 import pytest
 import torch
+from helpers import train_smoke_run
 from misuse import tree_state
 
 from ebjdat.cli import eval as eval_cli
 from ebjdat.eval.compare import build_comparison, flat_sanity, read_curves, row_names
 from ebjdat.eval.report import _plain
-from ebjdat.train import config
-from ebjdat.train.trainer import Trainer
 
-TINY = [
-    "model.arch=wrn-10-1",
-    "sgld.buffer_size=128",
-    "sgld.steps=2",
-    "adv.steps=1",
-    "train.eval_limit=32",
-    "train.eval_steps=2",
-    "optim.warmup_iters=0",
-    "data.batch_size=128",
-    "data.labelled_batch_size=128",
-    "train.sample_grid=0",
-]
 CHEAP = ["--limit", "16", "--attacks", "pgd20", "--no-sanity", "--gen-n", "16", "--gen-steps",
          "2", "--no-gen-uniform", "--no-progress", "--device", "cpu"]  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _train(run: Path, preset: str, epochs: int) -> Path:
-    cfg = config.load_preset(preset)
-    for assignment in [*TINY, f"train.epochs={epochs}"]:
-        config.override(cfg, assignment)
-    torch.manual_seed(0)
-    Trainer(config=cfg.validate(), out_dir=run, progress_bar=False, log=lambda m: None).fit()
-    return run / "checkpoints" / "last.pt"
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +30,8 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """digits (1 epoch), digits-pgd-at (2 epochs), and a copy of the first outside any run
     directory (so without metrics.jsonl)."""
     base = tmp_path_factory.mktemp("runs")
-    a = _train(base / "digits", "digits", 1)
-    b = _train(base / "digits-pgd-at", "digits-pgd-at", 2)
+    a = train_smoke_run(base / "digits", "digits", 1)
+    b = train_smoke_run(base / "digits-pgd-at", "digits-pgd-at", 2)
     loose = base / "loose" / "model.pt"
     loose.parent.mkdir()
     shutil.copy(a, loose)
