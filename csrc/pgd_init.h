@@ -13,12 +13,13 @@ namespace ebjdat {
 
 template <typename T>
 struct PgdStart {
-  double eps;
+  T e;         // eps in the accumulation type, for the L-inf box
+  double eps;  // the L2 radius takes eps in double
   T lo, hi;
 
   // L-inf: element i takes the uniform u of its own Philox lane.
   EBJDAT_HD T linf(T x, float u) const {
-    return clamp_nan(x + static_cast<T>(eps) * (T(2) * T(u) - T(1)), lo, hi);
+    return clamp_nan(x + e * (T(2) * T(u) - T(1)), lo, hi);
   }
 
   // L2: scale = radius / ||z|| of the sample (l2_scale), z the element's normal.
@@ -50,7 +51,8 @@ struct PgdInitInputs {
 
   template <typename T>
   PgdStart<T> start() const {
-    return PgdStart<T>{eps, static_cast<T>(bounds.lo), static_cast<T>(bounds.hi)};
+    return PgdStart<T>{static_cast<T>(eps), eps, static_cast<T>(bounds.lo),
+                       static_cast<T>(bounds.hi)};
   }
 };
 
