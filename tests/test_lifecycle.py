@@ -213,8 +213,14 @@ def test_nan_in_the_weights_rolls_back_and_training_continues(
     _all_finite(state["model"], "model")  # BatchNorm statistics included
     _all_finite(state["optimizer"], "optimizer")
     _all_finite(state["ranks"][0]["buffer"], "buffer")
-    for key, value in trainer.model.state_dict().items():
+    # "model" is what the trainer evaluates (the weight average, on the digits presets), and
+    # "live_model" the weights it trains on.
+    for key, value in trainer.evaluated_model.state_dict().items():
         assert torch.equal(state["model"][key], value), key
+    if trainer.average is not None:
+        _all_finite(state["live_model"], "live_model")
+        for key, value in trainer.model.state_dict().items():
+            assert torch.equal(state["live_model"][key], value), key
     history = state["history"]
     assert without_time(history[:EPOCHS]) == without_time(_metrics(reference))
     assert all(math.isfinite(history[-1][k]) for k in ("train_loss", "val_acc"))
@@ -273,7 +279,7 @@ def test_export_loads_with_load_classifier(
     model = ebjdat.load_classifier(str(out))
     from_ckpt = ebjdat.load_classifier(str(ckpt))
     assert type(model) is um.DigitsResNet and not model.training
-    for key, value in trainer.model.net.state_dict().items():
+    for key, value in trainer.evaluated_model.net.state_dict().items():  # what was saved
         assert torch.equal(model.state_dict()[key], value), key
     x, _ = val_batch
     with torch.no_grad():

@@ -157,6 +157,11 @@ class TrainConfig:
     # official code; it costs one extra forward of the positives and one of the adversarial
     # batch per step (no backward).
     official_bn_updates: bool = False
+    # An exponential moving average of the weights over the last ~1 / (1 - ema_decay) steps
+    # (0: none) is the model that is validated, selected and checkpointed as "model": its
+    # samples and its robustness do not swing from step to step as the live weights' do. The
+    # live weights still train and drive the replay buffer; a checkpoint keeps them for resume.
+    ema_decay: float = setting(0.0, ge=0, lt=1)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from ebjdat.files import write_text_atomic
 from ebjdat.models import Classifier, EnergyModel, frozen_bn_stats
 
 from . import rundir
+from .averaging import WeightAverage
 from .build import (
     Distributed,
     TrainingParts,
@@ -198,6 +199,8 @@ class Trainer:
                 "ebjdat.Classifier(net, num_classes, builder='module:function', kwargs={...})"
             )
         self._sync_parameters()
+        decay = self.cfg.train.ema_decay
+        self.average = WeightAverage(self.model, decay) if decay > 0 else None
 
     # ---- construction helpers ----------------------------------------------------------------
 
@@ -224,11 +227,19 @@ class Trainer:
             return None
         return SummaryWriter(str(self.out / "tensorboard"))
 
+    @property
+    def evaluated_model(self) -> EnergyModel:
+        """The model that is validated, chosen as best and checkpointed as "model": the weight
+        average with train.ema_decay > 0, else the live (training) model."""
+        return self.average.module if self.average is not None else self.model  # type: ignore[return-value]
+
     def _sync_parameters(self, buffers_only: bool = False) -> None:
         """Every rank takes rank 0's weights (at the start) or BN statistics (before each
         evaluation, so that every rank evaluates, and checkpoints, the same model)."""
         if self.dist.world_size > 1:
             tensors = list(self.model.buffers())
+            if getattr(self, "average", None) is not None:
+                tensors += list(self.average.module.buffers())
             if not buffers_only:
                 tensors += list(self.model.parameters())
             for t in tensors:
@@ -369,6 +380,8 @@ class Trainer:
                 self.optimizer.second_step()
             else:
                 self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.state.iteration += 1
         return terms
 
@@ -378,14 +391,14 @@ class Trainer:
         """Clean accuracy on the validation split and PGD accuracy on its first eval_limit
         examples (L-inf, eval_eps, eval_steps, step 2.5 eps / steps, random start)."""
         t = self.cfg.train
-        self.model.eval()
-        out = {"val_acc": clean_accuracy(self.model, self.val_x, self.val_y)}
+        model = self.evaluated_model.eval()
+        out = {"val_acc": clean_accuracy(model, self.val_x, self.val_y)}
         n = min(t.eval_limit, len(self.val_x))
         if n > 0 and t.eval_steps > 0:
             x = to_float01(self.val_x[:n]).to(self.device)
             y = self.val_y[:n].to(self.device)
             x_adv = pgd_attack(
-                self.model,
+                model,
                 x,
                 y,
                 eps=t.eval_eps,
@@ -393,7 +406,7 @@ class Trainer:
                 steps=t.eval_steps,
                 generator=device_generator(self.device, 12345),
             )
-            out["val_robust_acc"] = clean_accuracy(self.model, x_adv, y)
+            out["val_robust_acc"] = clean_accuracy(model, x_adv, y)
         return out
 
     # ---- checkpoints -----------------------------------------------------------------------------
@@ -420,10 +433,15 @@ class Trainer:
         else:
             ranks = [local]
         p = self.state
+        averaged = {}
+        if self.average is not None:
+            # "model" is what every reader evaluates; the live weights are only for resume.
+            averaged = {"live_model": self.model.state_dict(), "ema": self.average.state_dict()}
         return {
             "config": self.cfg.to_dict(),
             "run_id": self.run_id,
-            "model": self.model.state_dict(),
+            "model": self.evaluated_model.state_dict(),
+            **averaged,
             "model_config": self.model.config,
             # "user": trained on data passed in (not the config's dataset), which ebjdat-eval
             # cannot reload by name.
@@ -446,7 +464,6 @@ class Trainer:
         """Restores everything; a checkpoint that does not fit this trainer (another model,
         optimiser, loader or buffer) raises a one-line CheckpointError, not a KeyError or a
         35-line size-mismatch report."""
-        from ebjdat.models.loading import load_weights
 
         checkpoint.check_training_state(state, source)
         ranks = state["ranks"]
@@ -459,7 +476,7 @@ class Trainer:
                 f"resume it with the same number (torchrun --nproc-per-node {len(ranks)}, or "
                 f"a plain ebjdat-train for 1)"
             )
-        load_weights(self.model, state["model"], str(source))
+        self._load_weights(state, str(source))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
@@ -495,6 +512,26 @@ class Trainer:
                 f"checkpoint {source}: its loader, buffer or RNG state does not fit this run "
                 f"({_first_line(err)})"
             ) from None
+
+    def _load_weights(self, state: dict[str, Any], source: str) -> None:
+        """The live weights (and the average's), from a checkpoint with or without an average."""
+        from ebjdat.models.loading import load_weights
+
+        averaged = "live_model" in state
+        if self.average is not None and not (averaged and isinstance(state.get("ema"), dict)):
+            raise checkpoint.CheckpointError(
+                f"checkpoint {source} holds no weight average (no 'live_model' and 'ema' "
+                "entries), and this run has train.ema_decay > 0"
+            )
+        load_weights(self.model, state["live_model" if averaged else "model"], source)
+        if self.average is not None:
+            load_weights(self.average.module, state["model"], source)
+            try:
+                self.average.load_state_dict(state["ema"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {source}: its 'ema' entry is malformed ({_first_line(err)})"
+                ) from None
 
     def save(self, *names: str) -> None:
         self.watch.check()  # never write a checkpoint after an unchecked diverged step
