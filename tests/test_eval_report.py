@@ -85,6 +85,7 @@ def test_report_json_keys_and_types(standard: Path) -> None:
     assert report["eps"] == pytest.approx(0.1)  # the digits default, pixel units
     assert report["dataset"] == "digits" and report["preset"] == "digits"
     assert report["checkpoint"].endswith("last.pt")
+    assert report["weights"] == "exponential moving average, decay 0.99"  # the digits preset's
     assert isinstance(report["warnings"], list) and all(
         isinstance(w, str) for w in report["warnings"]
     )

@@ -225,6 +225,12 @@ class Evaluation:
         }
         if self.report["epoch"] is None:
             del self.report["epoch"]
+        ema = self.state.get("ema") if isinstance(self.state, dict) else None
+        if isinstance(ema, dict) and "decay" in ema:
+            # The checkpoint's model is the trainer's weight average (train.ema_decay).
+            self.report["weights"] = f"exponential moving average, decay {ema['decay']:g}"
+        else:
+            self.report["weights"] = "the trained weights as they were at the checkpoint"
         bad, total = non_finite_weights(self.model)
         self.report["weights_finite"] = not bad
         if bad:

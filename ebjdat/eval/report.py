@@ -162,7 +162,8 @@ _CARDS = [
 
 # The report.json order: what people look for first, then the rest as produced.
 _FIRST = [
-    "checkpoint", "dataset", "preset", "epoch", "protocol", "protocol_note", "n_examples",
+    "checkpoint", "dataset", "preset", "epoch", "weights", "protocol", "protocol_note",
+    "n_examples",
     "eps", "eps_requested", "norm", "clean_acc", "pgd20_acc", "autoattack_acc",
     "autoattack_engine", "fid",
     "fid_init", "fid_real",

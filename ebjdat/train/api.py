@@ -26,9 +26,10 @@ def fit(
 ) -> Trainer:
     """Trains `model` (an `nn.Module` mapping [0, 1] images to logits; None: ebjdat's
     WideResNet) on `train_data` (a map-style Dataset of (image, label), or (images, labels)
-    tensors) with the `preset` and `config` overrides, and returns the Trainer (its `.model`,
-    `.state.history`, `.evaluate()`). With `out_dir`, the run gets everything ebjdat-train
-    writes: checkpoints, exact resume, metrics and sample grids.
+    tensors) with the `preset` and `config` overrides, and returns the Trainer (its
+    `.evaluated_model`, the trained model: the weight average with train.ema_decay > 0;
+    `.model`, the live weights; `.state.history`; `.evaluate()`). With `out_dir`, the run
+    gets everything ebjdat-train writes: checkpoints, exact resume, metrics and sample grids.
 
     Everything is checked before training starts; a bad argument raises a ValueError, TypeError
     or ConfigError naming it."""
