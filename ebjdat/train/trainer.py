@@ -192,6 +192,7 @@ class Trainer:
         self._resumed = False
         self._started = False
         self._writer: Any = None  # TensorBoard, opened at the first metrics row
+        self.average: WeightAverage | None = None  # made once the ranks share the weights
         if isinstance(self.model, Classifier) and self.model.builder is None and self.out:
             self.log(
                 f"{type(self.model.net).__name__} records no builder: load its checkpoints with "
@@ -238,7 +239,7 @@ class Trainer:
         evaluation, so that every rank evaluates, and checkpoints, the same model)."""
         if self.dist.world_size > 1:
             tensors = list(self.model.buffers())
-            if getattr(self, "average", None) is not None:
+            if self.average is not None:
                 tensors += list(self.average.module.buffers())
             if not buffers_only:
                 tensors += list(self.model.parameters())
@@ -389,7 +390,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Clean accuracy on the validation split and PGD accuracy on its first eval_limit
-        examples (L-inf, eval_eps, eval_steps, step 2.5 eps / steps, random start)."""
+        examples (L-inf, eval_eps, eval_steps, step 2.5 eps / steps, random start), of the
+        evaluated_model (the weight average when there is one)."""
         t = self.cfg.train
         model = self.evaluated_model.eval()
         out = {"val_acc": clean_accuracy(model, self.val_x, self.val_y)}
