@@ -3,9 +3,9 @@ validated, selected as best, checkpointed as "model" and so evaluated, exported 
 
 An energy model's sampling quality swings from one iteration to the next, because the
 contrastive loss chases its own samples; the average over the last ~1 / (1 - decay) steps does
-not, and adversarially trained classifiers are more robust averaged too. The live weights keep
-training (and drive the replay buffer); a checkpoint holds them as "live_model" so that resume
-continues exactly."""
+not. Weight averaging is also a common ingredient of adversarial training, where it tends to
+help robustness a little. The live weights keep training (and drive the replay buffer); a
+checkpoint holds them as "live_model" so that resume continues exactly."""
 
 from __future__ import annotations
 
