@@ -85,7 +85,7 @@ def test_user_model_checkpoint_rebuilds_and_attacks_like_torchattacks(digits, tm
     assert state["model_config"]["builder"] == f"{DigitsCNN.__module__}:DigitsCNN"
     model = ebjdat.load_classifier(str(ckpt))
     assert type(model) is DigitsCNN and not model.training
-    for key, value in trainer.model.net.state_dict().items():
+    for key, value in trainer.evaluated_model.net.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     (xv, yv) = digits[1]
     x, y = xv[:64], yv[:64]
